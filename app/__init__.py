@@ -1,0 +1,1 @@
+"""MoE Chat's PySide6 GUI: windows and workers that turn clicks into engine calls."""

@@ -1,0 +1,7 @@
+"""``python -m app`` runs MoE Chat."""
+
+import sys
+
+from app.main import main
+
+sys.exit(main())

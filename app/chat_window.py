@@ -1,0 +1,507 @@
+"""The chat window: conversations on the side, the streaming reply, the input, live stats."""
+
+from __future__ import annotations
+
+import html
+import time
+from pathlib import Path
+from typing import Any
+
+import psutil
+from PySide6.QtCore import QEvent, QObject, Qt, QThread, QTimer, Signal, Slot
+from PySide6.QtGui import QAction, QCloseEvent, QKeyEvent, QKeySequence, QTextCursor
+from PySide6.QtWidgets import (
+    QFileDialog,
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QPlainTextEdit,
+    QProgressBar,
+    QPushButton,
+    QSplitter,
+    QTextBrowser,
+    QToolButton,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.worker import SessionWorker
+from engine.session import SamplingSettings
+from engine.store import StoredMessage, Store
+
+SAVE_INTERVAL_S = 1.0
+LAST_MODEL_KEY = "last_model_path"
+
+
+def _gib(n_bytes: float) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB"
+
+
+def stats_line(stats: dict[str, Any]) -> str:
+    """One line under a finished reply: tokens, speed, time to first token."""
+    parts = [f"{stats.get('generated_tokens', 0)} tokens"]
+    if stats.get("generation_tokens_per_s"):
+        parts.append(f"{stats['generation_tokens_per_s']:.1f} tok/s")
+    if stats.get("time_to_first_token"):
+        parts.append(f"first token {stats['time_to_first_token'] * 1000:.0f} ms")
+    if stats.get("prompt_tokens_per_s"):
+        parts.append(f"prompt {stats['prompt_tokens_per_s']:.0f} tok/s")
+    if stats.get("stop_reason") == "cancelled":
+        parts.append("stopped")
+    elif stats.get("stop_reason") == "length":
+        parts.append("reached the length limit")
+    elif stats.get("stop_reason") == "context_full":
+        parts.append("context full")
+    return " · ".join(parts)
+
+
+class _EnterToSend(QObject):
+    """Enter sends, Shift+Enter inserts a newline."""
+
+    def __init__(self, parent: QObject, on_send: Any) -> None:
+        super().__init__(parent)
+        self._on_send = on_send
+
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt override)
+        if event.type() == QEvent.Type.KeyPress and isinstance(event, QKeyEvent):
+            enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+            if enter and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+                self._on_send()
+                return True
+        return False
+
+
+class ChatWindow(QMainWindow):
+    """Main window. Holds no business logic: the Store keeps data, the worker runs the model."""
+
+    load_requested = Signal(str)
+    generate_requested = Signal(list, dict)
+    unload_requested = Signal()
+
+    def __init__(self, store: Store, autoload: bool = True) -> None:
+        super().__init__()
+        self.store = store
+        self.setWindowTitle("MoE Chat")
+        self.resize(1100, 720)
+        self._conversation_id: int | None = None
+        self._model: dict[str, Any] | None = None
+        self._reply_id: int | None = None
+        self._reply_conversation_id: int | None = None
+        self._reply_text = ""
+        self._reply_saved_at = 0.0
+        self._generating = False
+
+        self._build_ui()
+        self._start_worker()
+        self._refresh_conversations()
+        self._memory_timer = QTimer(self)
+        self._memory_timer.setInterval(1000)
+        self._memory_timer.timeout.connect(self._on_memory_timer_timeout)
+        self._memory_timer.start()
+        self._on_memory_timer_timeout()
+
+        remembered = self.store.get_setting(LAST_MODEL_KEY)
+        if remembered and Path(remembered).is_file():
+            self.model_label.setText(f"Model: {Path(remembered).name}")
+            if autoload:
+                QTimer.singleShot(0, lambda: self.load_model(remembered))
+        else:
+            self.model_label.setText("No model loaded")
+
+    # -- construction ----------------------------------------------------------------------
+
+    def _build_ui(self) -> None:
+        splitter = QSplitter(Qt.Orientation.Horizontal, self)
+
+        side = QWidget(splitter)
+        side_layout = QVBoxLayout(side)
+        side_layout.setContentsMargins(8, 8, 4, 8)
+        self.new_button = QPushButton("New chat", side)
+        self.new_button.clicked.connect(self._on_new_button_clicked)
+        side_layout.addWidget(self.new_button)
+        self.conversation_list = QListWidget(side)
+        self.conversation_list.currentItemChanged.connect(self._on_conversation_list_changed)
+        self.conversation_list.itemDoubleClicked.connect(lambda _item: self.rename_current())
+        side_layout.addWidget(self.conversation_list, 1)
+        row = QHBoxLayout()
+        self.rename_button = QPushButton("Rename", side)
+        self.rename_button.clicked.connect(self.rename_current)
+        self.delete_button = QPushButton("Delete", side)
+        self.delete_button.clicked.connect(self.delete_current)
+        row.addWidget(self.rename_button)
+        row.addWidget(self.delete_button)
+        side_layout.addLayout(row)
+
+        main = QWidget(splitter)
+        layout = QVBoxLayout(main)
+        layout.setContentsMargins(4, 8, 8, 8)
+        model_row = QHBoxLayout()
+        self.model_label = QLabel(main)
+        self.model_label.setObjectName("modelLabel")
+        self.open_button = QPushButton("Open model…", main)
+        self.open_button.clicked.connect(self._on_open_button_clicked)
+        self.load_progress = QProgressBar(main)
+        self.load_progress.setRange(0, 100)
+        self.load_progress.setMaximumWidth(160)
+        self.load_progress.hide()
+        model_row.addWidget(self.model_label, 1)
+        model_row.addWidget(self.load_progress)
+        model_row.addWidget(self.open_button)
+        layout.addLayout(model_row)
+
+        self.error_banner = QWidget(main)
+        self.error_banner.setObjectName("errorBanner")
+        banner_layout = QHBoxLayout(self.error_banner)
+        banner_layout.setContentsMargins(10, 6, 6, 6)
+        self.error_label = QLabel(self.error_banner)
+        self.error_label.setWordWrap(True)
+        self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        close = QToolButton(self.error_banner)
+        close.setText("✕")
+        close.setToolTip("Dismiss")
+        close.clicked.connect(self.error_banner.hide)
+        banner_layout.addWidget(self.error_label, 1)
+        banner_layout.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
+        self.error_banner.hide()
+        layout.addWidget(self.error_banner)
+
+        self.view = QTextBrowser(main)
+        self.view.setOpenExternalLinks(True)
+        self.view.setObjectName("conversationView")
+        layout.addWidget(self.view, 1)
+
+        input_row = QHBoxLayout()
+        self.input = QPlainTextEdit(main)
+        self.input.setPlaceholderText("Message the model (Enter to send, Shift+Enter for a new line)")
+        self.input.setMaximumHeight(90)
+        self.input.installEventFilter(_EnterToSend(self, self.send))
+        self.send_button = QPushButton("Send", main)
+        self.send_button.setDefault(True)
+        self.send_button.clicked.connect(self.send)
+        self.stop_button = QPushButton("Stop", main)
+        self.stop_button.setEnabled(False)
+        self.stop_button.clicked.connect(self.stop)
+        buttons = QVBoxLayout()
+        buttons.addWidget(self.send_button)
+        buttons.addWidget(self.stop_button)
+        input_row.addWidget(self.input, 1)
+        input_row.addLayout(buttons)
+        layout.addLayout(input_row)
+
+        splitter.addWidget(side)
+        splitter.addWidget(main)
+        splitter.setStretchFactor(1, 1)
+        splitter.setSizes([240, 860])
+        self.setCentralWidget(splitter)
+
+        status = self.statusBar()
+        self.speed_label = QLabel("– tok/s")
+        self.ttft_label = QLabel("first token –")
+        self.ram_label = QLabel("RAM –")
+        self.vram_label = QLabel("VRAM –")
+        for label in (self.speed_label, self.ttft_label, self.ram_label, self.vram_label):
+            label.setObjectName("statLabel")
+            status.addPermanentWidget(label)
+
+        open_action = QAction("Open model…", self)
+        open_action.setShortcut(QKeySequence.StandardKey.Open)
+        open_action.triggered.connect(self._on_open_button_clicked)
+        new_action = QAction("New chat", self)
+        new_action.setShortcut(QKeySequence.StandardKey.New)
+        new_action.triggered.connect(self._on_new_button_clicked)
+        self.addActions([open_action, new_action])
+
+    def _start_worker(self) -> None:
+        self._thread = QThread(self)
+        self._thread.setObjectName("inference")
+        self.worker = SessionWorker()
+        self.worker.moveToThread(self._thread)
+        self.load_requested.connect(self.worker.load)
+        self.generate_requested.connect(self.worker.generate)
+        self.unload_requested.connect(self.worker.unload)
+        self.worker.load_started.connect(self._on_worker_load_started)
+        self.worker.load_progressed.connect(self._on_worker_load_progressed)
+        self.worker.model_loaded.connect(self._on_worker_model_loaded)
+        self.worker.load_failed.connect(self._on_worker_load_failed)
+        self.worker.token_received.connect(self._on_worker_token_received)
+        self.worker.live_stats.connect(self._on_worker_live_stats)
+        self.worker.reply_finished.connect(self._on_worker_reply_finished)
+        self.worker.reply_failed.connect(self._on_worker_reply_failed)
+        self._thread.finished.connect(self.worker.deleteLater)
+        self._thread.start()
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def show_error(self, text: str) -> None:
+        """The one place errors appear: a banner above the conversation."""
+        self.error_label.setText(text)
+        self.error_banner.show()
+
+    # -- model -----------------------------------------------------------------------------
+
+    @Slot()
+    def _on_open_button_clicked(self) -> None:
+        start = self.store.get_setting(LAST_MODEL_KEY) or str(Path.home())
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a GGUF model", str(Path(start).parent), "GGUF models (*.gguf);;All files (*)"
+        )
+        if path:
+            self.load_model(path)
+
+    def load_model(self, path: str) -> None:
+        """Ask the worker to load ``path`` (stops a reply in progress first)."""
+        if self._generating:
+            self.stop()
+        self.error_banner.hide()
+        self.load_requested.emit(path)
+
+    @Slot(str)
+    def _on_worker_load_started(self, path: str) -> None:
+        self._model = None
+        self.model_label.setText(f"Loading {Path(path).name}…")
+        self.load_progress.setValue(0)
+        self.load_progress.show()
+        self.open_button.setEnabled(False)
+
+    @Slot(float)
+    def _on_worker_load_progressed(self, value: float) -> None:
+        self.load_progress.setValue(int(value * 100))
+
+    @Slot(dict)
+    def _on_worker_model_loaded(self, model: dict[str, Any]) -> None:
+        self._model = model
+        self.load_progress.hide()
+        self.open_button.setEnabled(True)
+        experts = (
+            f", {model['n_experts']} experts ({model['n_experts_used']} active)"
+            if model["n_experts"] > 1
+            else ""
+        )
+        self.model_label.setText(
+            f"Model: <b>{html.escape(model['name'])}</b> · {model['file_type']}{experts} · "
+            f"context {model['n_ctx']} · {html.escape(model['placement'])}"
+        )
+        self.store.set_setting(LAST_MODEL_KEY, model["path"])
+
+    @Slot(str)
+    def _on_worker_load_failed(self, message: str) -> None:
+        self.load_progress.hide()
+        self.open_button.setEnabled(True)
+        self.model_label.setText("No model loaded")
+        self.show_error(message)
+
+    # -- conversations ---------------------------------------------------------------------
+
+    def _refresh_conversations(self, select: int | None = None) -> None:
+        conversations = self.store.conversations()
+        if not conversations:
+            conversations = [self.store.create_conversation()]
+        target = select if select is not None else (self._conversation_id or conversations[0].id)
+        self.conversation_list.blockSignals(True)
+        self.conversation_list.clear()
+        current = None
+        for conversation in conversations:
+            item = QListWidgetItem(conversation.title)
+            item.setData(Qt.ItemDataRole.UserRole, conversation.id)
+            self.conversation_list.addItem(item)
+            if conversation.id == target:
+                current = item
+        self.conversation_list.blockSignals(False)
+        self.conversation_list.setCurrentItem(current or self.conversation_list.item(0))
+
+    @Slot(QListWidgetItem, QListWidgetItem)
+    def _on_conversation_list_changed(self, item: QListWidgetItem | None, _previous: Any) -> None:
+        if item is None:
+            return
+        conversation_id = int(item.data(Qt.ItemDataRole.UserRole))
+        if conversation_id != self._conversation_id and self._generating:
+            self.stop()
+        self._conversation_id = conversation_id
+        self._render_conversation()
+
+    @Slot()
+    def _on_new_button_clicked(self) -> None:
+        conversation = self.store.create_conversation()
+        self._refresh_conversations(select=conversation.id)
+        self.input.setFocus()
+
+    @Slot()
+    def rename_current(self) -> None:
+        if self._conversation_id is None:
+            return
+        current = self.store.conversation(self._conversation_id)
+        title, ok = QInputDialog.getText(self, "Rename chat", "Title:", text=current.title)
+        if ok and title.strip():
+            self.store.rename_conversation(current.id, title)
+            self._refresh_conversations(select=current.id)
+
+    @Slot()
+    def delete_current(self) -> None:
+        if self._conversation_id is None:
+            return
+        current = self.store.conversation(self._conversation_id)
+        answer = QMessageBox.question(self, "Delete chat", f"Delete “{current.title}” and all its messages?")
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        if self._generating:
+            self.stop()
+        self.store.delete_conversation(current.id)
+        self._conversation_id = None
+        self._refresh_conversations()
+
+    # -- rendering -------------------------------------------------------------------------
+
+    def _message_html(self, message: StoredMessage) -> str:
+        if message.role == "user":
+            who = "You"
+            colour = "#2563eb"
+        else:
+            who = html.escape(message.model_name or "Assistant")
+            colour = "#059669"
+        body = html.escape(message.content).replace("\n", "<br>")
+        foot = ""
+        if message.role == "assistant":
+            if message.stats:
+                foot = f"<div style='color:#6b7280;font-size:small'>{stats_line(message.stats)}</div>"
+            elif not message.complete and message.id != self._reply_id:
+                foot = "<div style='color:#b45309;font-size:small'>interrupted</div>"
+        return (
+            f"<div style='margin-bottom:10px'><b style='color:{colour}'>{who}</b>"
+            f"<div>{body}</div>{foot}</div>"
+        )
+
+    def _render_conversation(self) -> None:
+        if self._conversation_id is None:
+            self.view.clear()
+            return
+        messages = self.store.messages(self._conversation_id)
+        self.view.setHtml("".join(self._message_html(m) for m in messages))
+        self.view.moveCursor(QTextCursor.MoveOperation.End)
+
+    # -- chatting --------------------------------------------------------------------------
+
+    @Slot()
+    def send(self) -> None:
+        text = self.input.toPlainText().strip()
+        if not text or self._generating:
+            return
+        if self._model is None:
+            self.show_error("No model is loaded. Use “Open model…” to choose a .gguf file.")
+            return
+        if self._conversation_id is None:
+            self._refresh_conversations(select=self.store.create_conversation().id)
+        assert self._conversation_id is not None
+        conversation_id = self._conversation_id
+        self.error_banner.hide()
+        self.input.clear()
+        history = self.store.messages(conversation_id)
+        self.store.add_message(conversation_id, "user", text)
+        if not any(m.role == "user" for m in history):
+            self.store.rename_conversation(conversation_id, _title_from(text))
+            self._refresh_conversations(select=conversation_id)
+        chat = [m.as_chat() for m in self.store.messages(conversation_id) if m.content or m.role == "user"]
+        reply = self.store.start_reply(conversation_id, self._model["name"])
+        self._reply_id = reply.id
+        self._reply_conversation_id = conversation_id
+        self._reply_text = ""
+        self._reply_saved_at = time.monotonic()
+        self._render_conversation()  # ends with the empty reply; pieces are appended to it
+        self._set_generating(True)
+        self.worker.cancel.clear()
+        sampling = SamplingSettings()
+        self.generate_requested.emit(chat, {k: getattr(sampling, k) for k in sampling.__dataclass_fields__})
+
+    @Slot()
+    def stop(self) -> None:
+        """Ask the worker to stop the reply; it ends within one token."""
+        self.worker.cancel.set()
+
+    def _set_generating(self, generating: bool) -> None:
+        self._generating = generating
+        self.send_button.setEnabled(not generating)
+        self.stop_button.setEnabled(generating)
+        self.open_button.setEnabled(not generating)
+
+    @Slot(str)
+    def _on_worker_token_received(self, piece: str) -> None:
+        if self._reply_id is None:
+            return
+        self._reply_text += piece
+        if self._reply_conversation_id != self._conversation_id:
+            return
+        cursor = self.view.textCursor()
+        cursor.movePosition(QTextCursor.MoveOperation.End)
+        cursor.insertText(piece)
+        bar = self.view.verticalScrollBar()
+        bar.setValue(bar.maximum())
+        now = time.monotonic()
+        if now - self._reply_saved_at >= SAVE_INTERVAL_S:
+            self._reply_saved_at = now
+            self.store.update_reply(self._reply_id, self._reply_text)
+
+    @Slot(int, float, float)
+    def _on_worker_live_stats(self, tokens: int, rate: float, ttft: float) -> None:
+        self.speed_label.setText(f"{rate:.1f} tok/s")
+        self.ttft_label.setText(f"first token {ttft * 1000:.0f} ms")
+
+    @Slot(dict)
+    def _on_worker_reply_finished(self, stats: dict[str, Any]) -> None:
+        if self._reply_id is not None:
+            self.store.finish_reply(self._reply_id, self._reply_text, stats)
+        self._reply_id = None
+        self._set_generating(False)
+        self.speed_label.setText(f"{stats['generation_tokens_per_s']:.1f} tok/s")
+        self.ttft_label.setText(f"first token {stats['time_to_first_token'] * 1000:.0f} ms")
+        self._render_conversation()
+
+    @Slot(str)
+    def _on_worker_reply_failed(self, message: str) -> None:
+        if self._reply_id is not None:
+            if self._reply_text:
+                self.store.update_reply(self._reply_id, self._reply_text)
+            else:
+                self.store.delete_message(self._reply_id)
+        self._reply_id = None
+        self._set_generating(False)
+        self._render_conversation()
+        self.show_error(message)
+
+    # -- status ----------------------------------------------------------------------------
+
+    @Slot()
+    def _on_memory_timer_timeout(self) -> None:
+        rss = psutil.Process().memory_info().rss
+        vm = psutil.virtual_memory()
+        self.ram_label.setText(f"RAM {_gib(rss)} (free {_gib(vm.available)})")
+        if self._model is None:
+            return
+        from engine.devices import list_devices  # the engine is loaded by now
+
+        gpus = [d for d in list_devices() if d.is_gpu and d.memory_total]
+        if gpus:
+            used = sum((d.memory_total or 0) - (d.memory_free or 0) for d in gpus)
+            total = sum(d.memory_total or 0 for d in gpus)
+            self.vram_label.setText(f"VRAM {_gib(used)} / {_gib(total)}")
+        else:
+            self.vram_label.setText("VRAM: no GPU in use")
+
+    # -- shutdown --------------------------------------------------------------------------
+
+    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt override)
+        self.worker.cancel.set()
+        self._memory_timer.stop()
+        if self._reply_id is not None:
+            self.store.update_reply(self._reply_id, self._reply_text)
+        self.unload_requested.emit()
+        self._thread.quit()
+        self._thread.wait()
+        super().closeEvent(event)
+
+
+def _title_from(text: str) -> str:
+    line = " ".join(text.split())
+    return line if len(line) <= 48 else line[:47].rstrip() + "…"

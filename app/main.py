@@ -1,0 +1,96 @@
+"""Entry point of ``moe-chat``: the window, or ``--self-test`` without one."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import logging.handlers
+import sys
+import traceback
+from importlib import metadata, resources
+from types import TracebackType
+
+log = logging.getLogger("moe_chat")
+
+
+def _version() -> str:
+    try:
+        return metadata.version("moe-chat")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def _setup_logging() -> None:
+    from engine.paths import log_dir
+
+    handler = logging.handlers.RotatingFileHandler(
+        log_dir() / "moe-chat.log", maxBytes=2_000_000, backupCount=3, encoding="utf-8"
+    )
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    root = logging.getLogger()
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+
+
+def _install_excepthook() -> None:
+    """Unexpected exceptions are logged and shown in a dialog instead of killing the app."""
+
+    def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+        log.error("unexpected error", exc_info=(kind, value, tb))
+        from PySide6.QtWidgets import QApplication, QMessageBox
+
+        if QApplication.instance() is None:
+            traceback.print_exception(kind, value, tb)
+            return
+        box = QMessageBox(QMessageBox.Icon.Critical, "MoE Chat hit a problem", str(value) or kind.__name__)
+        box.setInformativeText(
+            "Your conversations are saved. Details are in the log file; the app keeps running."
+        )
+        box.setDetailedText("".join(traceback.format_exception(kind, value, tb)))
+        box.exec()
+
+    sys.excepthook = hook
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="moe-chat", description="Chat with a local MoE model.")
+    parser.add_argument("--self-test", action="store_true", help="headless engine check, then exit")
+    parser.add_argument("--version", action="version", version=f"moe-chat {_version()}")
+    parser.add_argument("model", nargs="?", help="a .gguf file to load at start")
+    args, qt_args = parser.parse_known_args(argv)
+
+    if args.self_test:
+        from engine.selftest import run
+
+        return run()
+
+    from PySide6.QtWidgets import QApplication
+
+    from app.chat_window import ChatWindow
+    from engine.errors import MoeChatError
+    from engine.store import Store
+
+    _setup_logging()
+    app = QApplication([sys.argv[0], *qt_args])
+    app.setApplicationName("MoE Chat")
+    app.setApplicationVersion(_version())
+    app.setStyleSheet(resources.files("resources").joinpath("style.qss").read_text("utf-8"))
+    _install_excepthook()
+    try:
+        store = Store()
+    except MoeChatError as exc:
+        from PySide6.QtWidgets import QMessageBox
+
+        QMessageBox.critical(None, "MoE Chat cannot start", str(exc))
+        return 1
+    window = ChatWindow(store, autoload=args.model is None)
+    window.show()
+    if args.model:
+        window.load_model(args.model)
+    code = app.exec()
+    store.close()
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

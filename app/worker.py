@@ -1,0 +1,118 @@
+"""The inference worker: owns the loaded Session on its own QThread, talks only through signals."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import Any
+
+from PySide6.QtCore import QObject, Signal, Slot
+
+from engine.errors import MoeChatError
+from engine.placement import Placement
+from engine.session import LoadSettings, SamplingSettings, Session
+
+log = logging.getLogger(__name__)
+
+LIVE_STATS_INTERVAL_S = 0.25
+
+
+def describe_error(exc: BaseException) -> str:
+    """The one sentence (plus what to do) a user sees for an error."""
+    if isinstance(exc, MoeChatError):
+        return str(exc)
+    return f"Something unexpected went wrong: {type(exc).__name__}: {exc}"
+
+
+class SessionWorker(QObject):
+    """Loads, runs and frees one model. Move it to a QThread; call its slots by queued signal.
+
+    ``cancel`` is a plain threading.Event the GUI may set at any time to stop a reply.
+    """
+
+    load_started = Signal(str)  # path
+    load_progressed = Signal(float)
+    model_loaded = Signal(dict)  # summary of the loaded model
+    load_failed = Signal(str)
+    token_received = Signal(str)
+    live_stats = Signal(int, float, float)  # tokens so far, tokens/s, time to first token (s)
+    reply_finished = Signal(dict)  # Stats.to_dict()
+    reply_failed = Signal(str)
+    model_unloaded = Signal()
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.cancel = threading.Event()
+        self._session: Session | None = None
+
+    @Slot(str)
+    def load(self, path: str) -> None:
+        self._free()
+        self.load_started.emit(path)
+        try:
+            session = Session(
+                path,
+                Placement.cpu_only(),
+                LoadSettings(),
+                on_progress=self._on_session_progress,
+            )
+        except Exception as exc:
+            log.warning("loading %s failed", path, exc_info=not isinstance(exc, MoeChatError))
+            self.load_failed.emit(describe_error(exc))
+            return
+        self._session = session
+        info = session.info
+        self.model_loaded.emit(
+            {
+                "path": path,
+                "name": info.name,
+                "architecture": info.architecture,
+                "file_type": info.file_type,
+                "n_experts": info.n_experts,
+                "n_experts_used": info.n_experts_used,
+                "n_ctx": session.n_ctx,
+                "placement": session.placement.label,
+            }
+        )
+
+    def _on_session_progress(self, value: float) -> bool:
+        self.load_progressed.emit(value)
+        return True
+
+    @Slot(list, dict)
+    def generate(self, messages: list[dict[str, str]], sampling: dict[str, Any]) -> None:
+        session = self._session
+        if session is None:
+            self.reply_failed.emit("No model is loaded. Open a model first.")
+            return
+        settings = SamplingSettings(**sampling)
+        last_emit = 0.0
+        try:
+            for piece in session.stream(messages, settings, self.cancel):
+                self.token_received.emit(piece)
+                now = time.perf_counter()
+                if now - last_emit >= LIVE_STATS_INTERVAL_S:
+                    last_emit = now
+                    stats = session.last_stats
+                    self.live_stats.emit(
+                        stats.generated_tokens,
+                        stats.generation_tokens_per_s,
+                        stats.time_to_first_token,
+                    )
+        except Exception as exc:
+            log.warning("reply failed", exc_info=not isinstance(exc, MoeChatError))
+            self.reply_failed.emit(describe_error(exc))
+            return
+        self.reply_finished.emit(session.last_stats.to_dict())
+
+    @Slot()
+    def unload(self) -> None:
+        self._free()
+        self.model_unloaded.emit()
+
+    def _free(self) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
+

@@ -1,0 +1,1 @@
+"""MoE Chat's Qt-free core: model files, devices, placement, inference and storage."""

@@ -1,0 +1,427 @@
+"""Read a GGUF header: model shape, chat template and the tensor inventory grouped by role."""
+
+from __future__ import annotations
+
+import mmap
+import re
+import struct
+from collections import Counter
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any
+
+from engine.errors import ModelFileError
+
+GGUF_MAGIC = b"GGUF"
+
+# Architecture names known to the engine we pin (llama-cpp-python 0.3.36, llama.cpp 0c1e57098),
+# copied from LLM_ARCH_NAMES in its src/llama-arch.cpp. A file naming anything else cannot load.
+SUPPORTED_ARCHITECTURES = frozenset(
+    """
+    llama llama4 deci falcon grok gpt2 gptj gptneox mpt baichuan starcoder refact bert modern-bert
+    nomic-bert nomic-bert-moe neo-bert jina-bert-v2 jina-bert-v3 eurobert bloom stablelm qwen qwen2
+    qwen2moe qwen2vl qwen3 qwen3moe qwen3next qwen3vl qwen3vlmoe qwen35 qwen35moe qwen4exp phi2 phi3
+    phimoe plamo plamo2 plamo3 codeshell orion internlm2 minicpm minicpm3 gemma gemma2 gemma3
+    gemma3n gemma4 gemma4-assistant gemma-embedding starcoder2 mamba mamba2 maple jamba falcon-h1
+    xverse command-r cohere2 cohere2moe dbrx olmo olmo2 olmoe muse-glimmer openelm arctic deepseek
+    deepseek2 deepseek2-ocr deepseek32 deepseek4 chatglm glm4 glm4moe glm-dsa bitnet t5 t5encoder
+    jais jais2 nemotron nemotron_h nemotron_h_moe exaone exaone4 exaone-moe rwkv6 rwkv6qwen2 rwkv7
+    arwkv7 granite granitemoe granitehybrid graniteswitch granite_swa chameleon plm bailingmoe
+    bailingmoe2 bailingmoe3 dots1 dots3note arcee afmoe laguna ernie4_5 ernie4_5-moe hunyuan-moe
+    hunyuan-dense hunyuan_vl hy_v3 hy_v4 smollm3 gpt-oss lfm2 lfm2moe dream smallthinker llada
+    llada-moe seed_oss grovemoe apertus minimax-01 hrm_text minimax-m2 minimax-m3 cogvlm rnd1
+    pangu-embedded mistral3 mistral4
+    """.split()
+)
+
+# Files that hold no chat model (encoders, audio decoders, projectors for images).
+NOT_CHAT_ARCHITECTURES = frozenset(
+    {"clip", "wavtokenizer-dec", "bert", "modern-bert", "nomic-bert", "nomic-bert-moe",
+     "neo-bert", "jina-bert-v2", "jina-bert-v3", "eurobert", "t5encoder", "gemma-embedding"}
+)
+
+
+class Role(str, Enum):
+    """What a tensor is for, which decides how often decoding reads it."""
+
+    TOKEN_EMBEDDINGS = "token_embeddings"
+    OUTPUT_HEAD = "output_head"
+    ATTENTION = "attention"
+    NORMS = "norms"
+    ROUTER = "router"
+    ROUTED_EXPERTS = "routed_experts"
+    SHARED_EXPERTS = "shared_experts"
+    DENSE_FFN = "dense_ffn"
+    OTHER = "other"
+
+
+_LAYER_RE = re.compile(r"^blk\.(\d+)\.")
+
+
+def classify_tensor(name: str) -> Role:
+    """Map a llama.cpp tensor name (``blk.7.ffn_up_exps.weight``) to its role."""
+    base = _LAYER_RE.sub("", name)
+    if base.startswith("token_embd") and "norm" not in base:
+        return Role.TOKEN_EMBEDDINGS
+    if base.startswith("output.") or base == "output":
+        return Role.OUTPUT_HEAD
+    if "_shexp" in base:
+        return Role.SHARED_EXPERTS
+    if "_exps" in base:
+        return Role.ROUTED_EXPERTS
+    if base.startswith("ffn_gate_inp") or "exp_probs_b" in base:
+        return Role.ROUTER
+    if "norm" in base:
+        return Role.NORMS
+    if base.startswith(("attn_", "rope_")):
+        return Role.ATTENTION
+    if base.startswith(("ffn_gate", "ffn_up", "ffn_down")):
+        return Role.DENSE_FFN
+    return Role.OTHER
+
+
+def tensor_layer(name: str) -> int | None:
+    """The block index in a tensor name, or None for global tensors."""
+    match = _LAYER_RE.match(name)
+    return int(match.group(1)) if match else None
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """One tensor of the file: where it belongs and how many bytes it stores."""
+
+    name: str
+    ggml_type: str
+    shape: tuple[int, ...]
+    n_bytes: int
+    role: Role
+    layer: int | None
+
+
+@dataclass(frozen=True)
+class GGUFInfo:
+    """What the header of one GGUF file says about the model inside."""
+
+    path: Path
+    file_size: int
+    architecture: str
+    name: str
+    file_type: str
+    n_layers: int
+    context_length: int
+    n_embd: int
+    n_head: int
+    n_head_kv: int
+    head_dim: int
+    n_experts: int
+    n_experts_used: int
+    n_shared_experts: int
+    expert_ffn_length: int
+    chat_template: str | None
+    tensors: tuple[TensorInfo, ...]
+
+    @property
+    def is_moe(self) -> bool:
+        return self.n_experts > 1
+
+    @property
+    def tensor_bytes(self) -> int:
+        return sum(t.n_bytes for t in self.tensors)
+
+    def bytes_by_role(self) -> dict[Role, int]:
+        """Bytes stored per role; every role is present, zero where the model has none."""
+        totals = dict.fromkeys(Role, 0)
+        for tensor in self.tensors:
+            totals[tensor.role] += tensor.n_bytes
+        return totals
+
+    def expert_bytes_by_layer(self) -> dict[int, int]:
+        """Routed-expert bytes stored in each MoE layer."""
+        totals: Counter[int] = Counter()
+        for tensor in self.tensors:
+            if tensor.role is Role.ROUTED_EXPERTS and tensor.layer is not None:
+                totals[tensor.layer] += tensor.n_bytes
+        return dict(sorted(totals.items()))
+
+    def kv_cache_bytes(self, n_ctx: int, bytes_per_element: float = 2.0) -> int:
+        """K and V cache size for ``n_ctx`` tokens (f16 cache by default)."""
+        per_token = 2 * self.n_layers * self.n_head_kv * self.head_dim
+        return int(per_token * n_ctx * bytes_per_element)
+
+
+def read_gguf(path: str | Path) -> GGUFInfo:
+    """Read the header and tensor table of a GGUF file without loading weights.
+
+    Args:
+        path: the ``.gguf`` file (the first shard of a split model).
+
+    Returns:
+        The model's facts and tensor inventory.
+
+    Raises:
+        ModelFileError: the file is missing, unreadable, not GGUF, cut short, or holds an
+            architecture this engine cannot run.
+    """
+    path = Path(path)
+    shown = path.name
+    if not path.exists():
+        raise ModelFileError(f"The model file {shown} does not exist.", "Choose another file.")
+    if not path.is_file():
+        raise ModelFileError(f"{shown} is a folder, not a model file.", "Choose a .gguf file.")
+    try:
+        file_size = path.stat().st_size
+        with path.open("rb") as handle:
+            magic = handle.read(4)
+    except OSError as exc:
+        raise ModelFileError(f"{shown} cannot be read: {exc.strerror}.") from exc
+    if file_size == 0:
+        raise ModelFileError(f"{shown} is empty.", "Download it again.")
+    if magic != GGUF_MAGIC:
+        raise ModelFileError(
+            f"{shown} is not a GGUF model file.",
+            "MoE Chat runs llama.cpp GGUF files; pick a file ending in .gguf.",
+        )
+
+    try:
+        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            header = _HeaderParser(buf).parse()
+    except _Truncated as exc:
+        raise ModelFileError(
+            f"{shown} is incomplete: it ends inside its own header.",
+            "The download was probably cut short; download it again.",
+        ) from exc
+    except _Corrupt as exc:
+        raise ModelFileError(
+            f"{shown} is damaged: {exc}.", "If it was downloaded, download it again."
+        ) from exc
+    except OSError as exc:
+        raise ModelFileError(f"{shown} cannot be read: {exc.strerror}.") from exc
+    return _info_from_header(header, path, file_size)
+
+
+class _Truncated(Exception):
+    pass
+
+
+class _Corrupt(Exception):
+    pass
+
+
+# GGUF value types: (struct format, size) for the scalar ones.
+_SCALARS: dict[int, tuple[str, int]] = {
+    0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
+    6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
+}
+_STRING, _ARRAY = 8, 9
+# Keys whose array values we keep; every other array (vocabularies) is skipped unread.
+_ARRAYS_KEPT = ("attention.head_count", "attention.head_count_kv", "feed_forward_length")
+
+
+@dataclass
+class _Header:
+    fields: dict[str, Any]
+    # (name, ggml type id, shape, offset relative to the data section)
+    tensors: list[tuple[str, int, tuple[int, ...], int]]
+    data_start: int
+
+
+class _HeaderParser:
+    """Walks the GGUF header in a memory map; never touches tensor data."""
+
+    def __init__(self, buf: mmap.mmap) -> None:
+        self.buf = buf
+        self.size = len(buf)
+        self.pos = 0
+
+    def _take(self, n: int) -> int:
+        start = self.pos
+        if n < 0 or start + n > self.size:
+            raise _Truncated
+        self.pos = start + n
+        return start
+
+    def _scalar(self, kind: int) -> Any:
+        fmt, size = _SCALARS[kind]
+        return struct.unpack_from(fmt, self.buf, self._take(size))[0]
+
+    def _u32(self) -> int:
+        return int(self._scalar(4))
+
+    def _u64(self) -> int:
+        return int(self._scalar(10))
+
+    def _string(self) -> str:
+        length = self._u64()
+        start = self._take(length)
+        return bytes(self.buf[start : start + length]).decode("utf-8", errors="replace")
+
+    def _value(self, kind: int, keep_array: bool) -> Any:
+        if kind in _SCALARS:
+            return self._scalar(kind)
+        if kind == _STRING:
+            return self._string()
+        if kind == _ARRAY:
+            item_kind = self._u32()
+            count = self._u64()
+            if count > 1 << 40:
+                raise _Corrupt("an array claims an impossible number of items")
+            if item_kind in _SCALARS:
+                start = self._take(count * _SCALARS[item_kind][1])
+                if not keep_array:
+                    return None
+                fmt = "<" + _SCALARS[item_kind][0][1] * count
+                return list(struct.unpack_from(fmt, self.buf, start))
+            if item_kind == _STRING:
+                for _ in range(count):
+                    self._take(self._u64())
+                return None
+            raise _Corrupt(f"unsupported array item type {item_kind}")
+        raise _Corrupt(f"unknown value type {kind}")
+
+    def parse(self) -> _Header:
+        self._take(4)  # magic, checked by the caller
+        version = self._u32()
+        if version not in (2, 3):
+            raise _Corrupt(f"GGUF version {version} is not supported")
+        n_tensors = self._u64()
+        n_fields = self._u64()
+        if n_tensors > 1 << 32 or n_fields > 1 << 32:
+            raise _Corrupt("its header counts are impossible")
+        fields: dict[str, Any] = {}
+        for _ in range(n_fields):
+            key = self._string()
+            kind = self._u32()
+            fields[key] = self._value(kind, keep_array=key.endswith(_ARRAYS_KEPT))
+        tensors = []
+        for _ in range(n_tensors):
+            name = self._string()
+            n_dims = self._u32()
+            if n_dims > 8:
+                raise _Corrupt(f"tensor {name} has {n_dims} dimensions")
+            shape = tuple(self._u64() for _ in range(n_dims))
+            ggml_type = self._u32()
+            offset = self._u64()
+            tensors.append((name, ggml_type, shape, offset))
+        alignment = int(fields.get("general.alignment", 32) or 32)
+        if alignment & (alignment - 1):
+            raise _Corrupt(f"alignment {alignment} is not a power of two")
+        data_start = -(-self.pos // alignment) * alignment
+        return _Header(fields=fields, tensors=tensors, data_start=data_start)
+
+
+def _tensor_bytes(ggml_type: int, shape: tuple[int, ...], name: str) -> tuple[str, int]:
+    from gguf.constants import GGML_QUANT_SIZES, GGMLQuantizationType
+
+    try:
+        kind = GGMLQuantizationType(ggml_type)
+    except ValueError as exc:
+        raise _Corrupt(f"tensor {name} has unknown type {ggml_type}") from exc
+    block, type_size = GGML_QUANT_SIZES[kind]
+    n_elements = 1
+    for dim in shape:
+        n_elements *= dim
+    if shape and shape[0] % block:
+        raise _Corrupt(f"tensor {name} rows do not fit its {kind.name} blocks")
+    return kind.name, n_elements // block * type_size
+
+
+def _info_from_header(header: _Header, path: Path, file_size: int) -> GGUFInfo:
+    shown = path.name
+    fields = header.fields
+
+    def value(key: str, default: Any = None) -> Any:
+        return fields.get(key, default)
+
+    arch = value("general.architecture")
+    if not isinstance(arch, str):
+        raise ModelFileError(f"{shown} does not say which model architecture it holds.")
+    if arch in NOT_CHAT_ARCHITECTURES:
+        raise ModelFileError(
+            f"{shown} holds a '{arch}' model, which is not a chat model.",
+            "Pick the language model's .gguf file.",
+        )
+    if arch not in SUPPORTED_ARCHITECTURES:
+        raise ModelFileError(
+            f"{shown} holds a '{arch}' model, which this version of the engine cannot run.",
+            "Pick another model, or update MoE Chat.",
+        )
+
+    tensors: list[TensorInfo] = []
+    end_of_data = header.data_start
+    for name, ggml_type, shape, offset in header.tensors:
+        try:
+            type_name, n_bytes = _tensor_bytes(ggml_type, shape, name)
+        except _Corrupt as exc:
+            raise ModelFileError(f"{shown} is damaged: {exc}.") from exc
+        end_of_data = max(end_of_data, header.data_start + offset + n_bytes)
+        tensors.append(
+            TensorInfo(
+                name=name,
+                ggml_type=type_name,
+                shape=shape,
+                n_bytes=n_bytes,
+                role=classify_tensor(name),
+                layer=tensor_layer(name),
+            )
+        )
+    split_count = int(value("split.count", 1) or 1)
+    if end_of_data > file_size:
+        raise ModelFileError(
+            f"{shown} is incomplete: it has {_size(file_size)} of the {_size(end_of_data)} "
+            "its header describes.",
+            "The download was probably cut short; download it again.",
+        )
+    if not tensors and split_count <= 1:
+        raise ModelFileError(f"{shown} holds no weights.")
+
+    def arch_int(key: str, default: int = 0) -> int:
+        raw = value(f"{arch}.{key}", default)
+        if isinstance(raw, list):  # per-layer arrays (e.g. head counts that vary by layer)
+            raw = max(raw) if raw else default
+        return int(raw)
+
+    n_embd = arch_int("embedding_length")
+    n_head = arch_int("attention.head_count")
+    head_dim = arch_int("attention.key_length") or (n_embd // n_head if n_head else 0)
+    template = value("tokenizer.chat_template")
+    return GGUFInfo(
+        path=path,
+        file_size=file_size,
+        architecture=arch,
+        name=str(value("general.name", path.stem)),
+        file_type=_file_type(value("general.file_type"), tensors),
+        n_layers=arch_int("block_count"),
+        context_length=arch_int("context_length"),
+        n_embd=n_embd,
+        n_head=n_head,
+        n_head_kv=arch_int("attention.head_count_kv") or n_head,
+        head_dim=head_dim,
+        n_experts=arch_int("expert_count"),
+        n_experts_used=arch_int("expert_used_count"),
+        n_shared_experts=arch_int("expert_shared_count"),
+        expert_ffn_length=arch_int("expert_feed_forward_length"),
+        chat_template=template if isinstance(template, str) and template else None,
+        tensors=tuple(tensors),
+    )
+
+
+def _file_type(raw: Any, tensors: list[TensorInfo]) -> str:
+    from gguf import LlamaFileType
+
+    if raw is not None:
+        try:
+            return LlamaFileType(int(raw)).name.removeprefix("MOSTLY_")
+        except ValueError:
+            pass
+    # No (or an unknown) declared type: name it after the type that stores most bytes.
+    by_type: Counter[str] = Counter()
+    for tensor in tensors:
+        by_type[tensor.ggml_type] += tensor.n_bytes
+    return by_type.most_common(1)[0][0] if by_type else "unknown"
+
+
+def _size(n_bytes: int) -> str:
+    if n_bytes >= 1 << 30:
+        return f"{n_bytes / (1 << 30):.2f} GiB"
+    return f"{n_bytes / (1 << 20):.1f} MiB"

@@ -1,0 +1,71 @@
+"""Lazy access to the native engine (llama-cpp-python) and the ggml symbols it does not bind.
+
+Importing llama_cpp loads several shared libraries, so it happens on first use, not at app
+start; a broken install then becomes an EngineUnavailableError instead of a crash at import.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import threading
+from types import ModuleType
+from typing import Any
+
+from engine.errors import EngineUnavailableError
+
+_lock = threading.Lock()
+_module: ModuleType | None = None
+_ggml: Any = None
+
+
+def llama_cpp() -> ModuleType:
+    """The ``llama_cpp.llama_cpp`` low-level bindings, with the backend initialised once."""
+    global _module
+    with _lock:
+        if _module is None:
+            try:
+                from llama_cpp import llama_cpp as bindings
+            except Exception as exc:  # OSError from dlopen, ImportError, RuntimeError
+                raise EngineUnavailableError(
+                    f"The inference engine (llama-cpp-python) could not be loaded: {exc}.",
+                    "Reinstall it with: pip install --force-reinstall --no-cache-dir "
+                    "llama-cpp-python==0.3.36",
+                ) from exc
+            from engine import engine_log
+
+            engine_log.install(bindings)
+            bindings.llama_backend_init()
+            _module = bindings
+        return _module
+
+
+def ggml() -> Any:
+    """The engine's shared library with ggml's backend-device functions declared."""
+    global _ggml
+    bindings = llama_cpp()
+    with _lock:
+        if _ggml is None:
+            lib = bindings._lib
+            vp, sz = ctypes.c_void_p, ctypes.c_size_t
+            signatures: dict[str, tuple[list[Any], Any]] = {
+                "ggml_backend_dev_count": ([], sz),
+                "ggml_backend_dev_get": ([sz], vp),
+                "ggml_backend_dev_name": ([vp], ctypes.c_char_p),
+                "ggml_backend_dev_description": ([vp], ctypes.c_char_p),
+                "ggml_backend_dev_type": ([vp], ctypes.c_int),
+                "ggml_backend_dev_memory": (
+                    [vp, ctypes.POINTER(sz), ctypes.POINTER(sz)],
+                    None,
+                ),
+                "ggml_backend_dev_buffer_type": ([vp], vp),
+                "ggml_backend_buft_name": ([vp], ctypes.c_char_p),
+                "ggml_backend_register": ([vp], None),
+                "ggml_backend_reg_by_name": ([ctypes.c_char_p], vp),
+                "ggml_backend_reg_get_proc_address": ([vp, ctypes.c_char_p], vp),
+            }
+            for name, (argtypes, restype) in signatures.items():
+                function = getattr(lib, name)
+                function.argtypes = argtypes
+                function.restype = restype
+            _ggml = lib
+        return _ggml

@@ -1,0 +1,56 @@
+"""Placement: which tensors live on which device. Plain data; the planner decides, devices.py applies."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Every routed-expert tensor (weights, biases, scales) of every layer; not shared experts.
+EXPERT_TENSORS = r"\.ffn_(up|down|gate|gate_up)_exps\."
+
+
+def expert_layers_pattern(layers: list[int] | range) -> str:
+    """Regex for the routed-expert tensors of the given layers only."""
+    joined = "|".join(str(layer) for layer in layers)
+    return rf"^blk\.({joined})\.ffn_(up|down|gate|gate_up)_exps\."
+
+
+@dataclass(frozen=True)
+class TensorRule:
+    """Tensors whose name the regex ``pattern`` *searches* go to ``device`` (an engine device name)."""
+
+    pattern: str
+    device: str
+
+
+@dataclass(frozen=True)
+class Placement:
+    """How a model is split between devices.
+
+    Attributes:
+        n_gpu_layers: layers the engine offloads to its GPU devices (-1: all, 0: none).
+        rules: tensor overrides applied first-match-wins on top of ``n_gpu_layers``.
+        use_mmap: map the file (shares the page cache, starts fast) instead of reading it in.
+        label: a short human description shown in the app.
+    """
+
+    n_gpu_layers: int = 0
+    rules: tuple[TensorRule, ...] = field(default_factory=tuple)
+    use_mmap: bool = True
+    label: str = "CPU only"
+
+    @classmethod
+    def cpu_only(cls) -> Placement:
+        return cls()
+
+    @classmethod
+    def all_on_gpu(cls) -> Placement:
+        return cls(n_gpu_layers=-1, label="All layers on the GPU")
+
+    @classmethod
+    def experts_on_cpu(cls) -> Placement:
+        """Everything on the GPU except the routed experts, which stay in system RAM."""
+        return cls(
+            n_gpu_layers=-1,
+            rules=(TensorRule(EXPERT_TENSORS, "CPU"),),
+            label="GPU, experts in RAM",
+        )

@@ -1,0 +1,60 @@
+"""``moe-chat --self-test``: prove, without a window or a download, that the engine chats."""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import TextIO
+
+from engine.errors import MoeChatError
+
+
+def run(out: TextIO = sys.stdout) -> int:
+    """Build the synthetic MoE, load it, generate a short reply and print the stats.
+
+    Returns:
+        0 on success, 1 with the reason printed on failure.
+    """
+    started = time.perf_counter()
+    try:
+        from engine.devices import compiled_backends, list_devices
+        from engine.session import SamplingSettings, Session
+        from engine.synthetic import build_synthetic_moe
+
+        devices = list_devices()
+        print(f"engine devices: {', '.join(f'{d.name} ({d.kind})' for d in devices)}", file=out)
+        print(f"engine backends: {', '.join(compiled_backends())}", file=out)
+        with tempfile.TemporaryDirectory(prefix="moe-chat-selftest-") as tmp:
+            path = build_synthetic_moe(Path(tmp) / "synthetic-moe.gguf")
+            with Session(path) as session:
+                info = session.info
+                print(
+                    f"model: {info.name}, {info.architecture}, {info.n_layers} layers, "
+                    f"{info.n_experts} experts ({info.n_experts_used} used)",
+                    file=out,
+                )
+                sampling = SamplingSettings(seed=7, max_tokens=24)
+                reply = session.chat([{"role": "user", "content": "hello"}], sampling)
+        stats = reply.stats
+        if stats.generated_tokens == 0 or not reply.text.strip():
+            print("self-test FAILED: the model produced no reply", file=out)
+            return 1
+        print(f"reply: {reply.text.strip()!r}", file=out)
+        print(
+            f"stats: {stats.generated_tokens} tokens, "
+            f"{stats.generation_tokens_per_s:.1f} tokens/s, "
+            f"prompt {stats.prompt_tokens_per_s:.1f} tokens/s, "
+            f"first token after {stats.time_to_first_token * 1000:.1f} ms, "
+            f"RSS {stats.rss_bytes / 2**20:.0f} MiB",
+            file=out,
+        )
+        print(f"self-test passed in {time.perf_counter() - started:.2f} s", file=out)
+        return 0
+    except MoeChatError as exc:
+        print(f"self-test FAILED: {exc}", file=out)
+        return 1
+    except Exception as exc:  # the point of a self-test is to report anything at all
+        print(f"self-test FAILED: {type(exc).__name__}: {exc}", file=out)
+        return 1

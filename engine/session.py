@@ -1,0 +1,443 @@
+"""A loaded model: load under a Placement, chat with streaming and cancel, per-reply Stats, unload.
+
+Generation runs our own loop over llama.cpp's C API (decode, sampler chain, token pieces)
+rather than llama-cpp-python's ``Llama`` class: that class cannot take tensor placements or
+an eval callback, keeps a numpy copy of the logits per token, and hides where time goes.
+A Session is used by one thread at a time; the app gives each loaded model its own worker.
+"""
+
+from __future__ import annotations
+
+import codecs
+import ctypes
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from engine import engine_log
+from engine.devices import TensorOverrides, list_devices
+from engine.errors import GenerationError, ModelLoadError
+from engine.gguf_file import GGUFInfo, read_gguf
+from engine.native import llama_cpp
+from engine.placement import Placement
+
+# Used when a GGUF carries no chat template; the same ChatML fallback llama.cpp uses.
+CHATML_TEMPLATE = (
+    "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
+    "{{ message['content'] }}<|im_end|>\n{% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": "..."}
+
+
+@dataclass(frozen=True)
+class SamplingSettings:
+    """How the next token is chosen. ``temperature <= 0`` means greedy (deterministic)."""
+
+    temperature: float = 0.7
+    top_p: float = 0.95
+    top_k: int = 40
+    min_p: float = 0.05
+    repeat_penalty: float = 1.1
+    repeat_last_n: int = 64
+    seed: int = -1  # -1: a fresh random seed per reply
+    max_tokens: int = 1024
+
+    @classmethod
+    def greedy(cls, max_tokens: int = 256) -> SamplingSettings:
+        return cls(temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens)
+
+
+@dataclass(frozen=True)
+class LoadSettings:
+    """Context and threading for one loaded model."""
+
+    n_ctx: int = 4096  # 0: the model's own training context
+    n_batch: int = 512
+    n_ubatch: int = 512
+    n_threads: int | None = None  # None: physical cores
+    flash_attention: bool | None = None  # None: let the engine decide
+
+
+@dataclass
+class Stats:
+    """What one reply cost. Times in seconds, memory in bytes."""
+
+    prompt_tokens: int = 0
+    prompt_tokens_cached: int = 0
+    generated_tokens: int = 0
+    time_to_first_token: float = 0.0
+    prompt_tokens_per_s: float = 0.0
+    generation_tokens_per_s: float = 0.0
+    total_s: float = 0.0
+    stop_reason: str = ""  # "end", "length", "cancelled", "context_full"
+    rss_bytes: int = 0
+    device_memory: dict[str, tuple[int, int]] = field(default_factory=dict)  # name: (used, total)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+@dataclass
+class Reply:
+    text: str
+    stats: Stats
+
+
+def memory_snapshot() -> tuple[int, dict[str, tuple[int, int]]]:
+    """Process RSS and (used, total) bytes of every non-CPU engine device."""
+    rss = psutil.Process().memory_info().rss
+    devices = {}
+    for device in list_devices():
+        if device.memory_total and device.memory_free is not None:
+            devices[device.name] = (device.memory_total - device.memory_free, device.memory_total)
+    return rss, devices
+
+
+def default_threads() -> int:
+    return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
+
+
+class Session:
+    """One model loaded in the engine, ready to chat.
+
+    Args:
+        path: the GGUF file.
+        placement: where tensors go; CPU only by default.
+        settings: context size, batch sizes, threads.
+        on_progress: called with 0..1 while weights load; return False to abort the load.
+
+    Raises:
+        ModelFileError: the file is not a usable GGUF (from the header check).
+        ModelLoadError: the engine refused the model (memory, device, unsupported content).
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        placement: Placement | None = None,
+        settings: LoadSettings | None = None,
+        on_progress: Callable[[float], bool] | None = None,
+    ) -> None:
+        self.path = Path(path)
+        self.placement = placement or Placement.cpu_only()
+        self.settings = settings or LoadSettings()
+        self.info: GGUFInfo = read_gguf(self.path)
+        self._ll = llama_cpp()
+        self._model: Any = None
+        self._ctx: Any = None
+        self._cached: list[int] = []  # tokens whose keys/values are in the context's memory
+        self._check_fits()
+        self._load(on_progress)
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def _check_fits(self) -> None:
+        ram = psutil.virtual_memory().total
+        vram = sum(d.memory_total or 0 for d in list_devices() if d.is_gpu)
+        needed = self.info.tensor_bytes
+        if self.placement.n_gpu_layers == 0 and not self.placement.rules:
+            vram = 0
+        if needed > ram + vram:
+            raise ModelLoadError(
+                f"{self.info.name} needs {needed / 2**30:.1f} GiB for its weights, but this "
+                f"machine has {ram / 2**30:.1f} GiB of RAM"
+                + (f" and {vram / 2**30:.1f} GiB of GPU memory." if vram else "."),
+                "Pick a smaller model or a smaller quantization.",
+            )
+
+    def _load(self, on_progress: Callable[[float], bool] | None) -> None:
+        ll = self._ll
+        self._overrides = TensorOverrides(self.placement)
+        params = ll.llama_model_default_params()
+        params.n_gpu_layers = self.placement.n_gpu_layers
+        params.load_mode = ll.LLAMA_LOAD_MODE_MMAP if self.placement.use_mmap else ll.LLAMA_LOAD_MODE_NONE
+        address = self._overrides.address
+        if address is not None:
+            params.tensor_buft_overrides = address
+        self._load_aborted = False
+        if on_progress is not None:
+
+            def progress(value: float, _user: Any) -> bool:
+                keep_going = bool(on_progress(float(value)))
+                self._load_aborted = not keep_going
+                return keep_going
+
+            self._progress_cb = ll.llama_progress_callback(progress)
+            params.progress_callback = self._progress_cb
+
+        with engine_log.capture() as lines:
+            model = ll.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
+            if not model:
+                raise self._load_error(lines, "the model")
+            self._model = model
+            self._vocab = ll.llama_model_get_vocab(model)
+            ctx_params = ll.llama_context_default_params()
+            settings = self.settings
+            n_ctx = settings.n_ctx or self.info.context_length
+            if self.info.context_length:  # beyond its training context a model degrades
+                n_ctx = min(n_ctx, self.info.context_length)
+            ctx_params.n_ctx = n_ctx
+            ctx_params.n_batch = min(settings.n_batch, n_ctx)
+            ctx_params.n_ubatch = min(settings.n_ubatch, settings.n_batch, n_ctx)
+            threads = settings.n_threads or default_threads()
+            ctx_params.n_threads = threads
+            ctx_params.n_threads_batch = threads
+            ctx_params.no_perf = True
+            if settings.flash_attention is not None:
+                ctx_params.flash_attn_type = (
+                    ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                    if settings.flash_attention
+                    else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+                )
+            ctx = ll.llama_init_from_model(model, ctx_params)
+            if not ctx:
+                self.close()
+                raise self._load_error(lines, "its context")
+            self._ctx = ctx
+        self.load_report = engine_log.parse_load_log(lines)
+        self.n_ctx = int(ll.llama_n_ctx(ctx))
+        self.n_batch = int(ctx_params.n_batch)
+        self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
+        self._memory = ll.llama_get_memory(ctx)
+        self._piece_buffer = ctypes.create_string_buffer(256)
+        self._formatter = self._make_formatter()
+
+    def _load_error(self, lines: list[tuple[int, str]], what: str) -> ModelLoadError:
+        if self._load_aborted:
+            return ModelLoadError("Loading was cancelled.")
+        report = engine_log.parse_load_log(lines)
+        detail = " ".join(report.errors)[-400:]
+        lowered = detail.lower()
+        if "alloc" in lowered or "out of memory" in lowered or "memory" in lowered:
+            return ModelLoadError(
+                f"There is not enough memory to load {what} of {self.info.name}.",
+                "Close other programs, use a shorter context, or pick a smaller quantization.",
+            )
+        return ModelLoadError(
+            f"The engine could not load {what} of {self.info.name}"
+            + (f": {detail}" if detail else "."),
+            "The file may be damaged or need a newer engine.",
+        )
+
+    def _make_formatter(self) -> Any:
+        from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+        def text_of(token: int) -> str:
+            if token < 0:
+                return ""
+            raw = self._ll.llama_vocab_get_text(self._vocab, token)
+            return raw.decode("utf-8", errors="replace") if raw else ""
+
+        self._bos_text = text_of(self._ll.llama_vocab_bos(self._vocab))
+        return Jinja2ChatFormatter(
+            template=self.info.chat_template or CHATML_TEMPLATE,
+            eos_token=text_of(self._ll.llama_vocab_eos(self._vocab)),
+            bos_token=self._bos_text,
+        )
+
+    # -- prompting -------------------------------------------------------------------------
+
+    def format_prompt(self, messages: Sequence[Message]) -> str:
+        """The conversation rendered with the model's own chat template."""
+        try:
+            result = self._formatter(messages=[dict(m) for m in messages])
+        except Exception as exc:  # jinja raises TemplateError / ValueError from the template
+            raise GenerationError(
+                f"The model's chat template rejected this conversation: {exc}."
+            ) from exc
+        return str(result.prompt)
+
+    def tokenize(self, text: str) -> list[int]:
+        """Tokens of ``text``, with special tokens parsed and BOS added once if the model wants it."""
+        ll = self._ll
+        data = text.encode("utf-8")
+        add_bos = bool(ll.llama_vocab_get_add_bos(self._vocab))
+        if add_bos and self._bos_text and text.startswith(self._bos_text):
+            add_bos = False  # the template already wrote it
+        capacity = len(data) + 8
+        buffer = (ll.llama_token * capacity)()
+        count = ll.llama_tokenize(self._vocab, data, len(data), buffer, capacity, add_bos, True)
+        if count < 0:
+            capacity = -count
+            buffer = (ll.llama_token * capacity)()
+            count = ll.llama_tokenize(self._vocab, data, len(data), buffer, capacity, add_bos, True)
+        return list(buffer[:count])
+
+    def _piece(self, token: int) -> bytes:
+        buf = self._piece_buffer
+        n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        if n < 0:
+            buf = ctypes.create_string_buffer(-n)
+            n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
+
+    def _sampler(self, sampling: SamplingSettings) -> Any:
+        ll = self._ll
+        chain = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
+        if sampling.repeat_penalty != 1.0 and sampling.repeat_last_n != 0:
+            ll.llama_sampler_chain_add(
+                chain,
+                ll.llama_sampler_init_penalties(
+                    self.n_vocab, sampling.repeat_last_n, sampling.repeat_penalty, 0.0, 0.0
+                ),
+            )
+        if sampling.temperature <= 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_greedy())
+            return chain
+        if sampling.top_k > 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_k(sampling.top_k))
+        if 0 < sampling.top_p < 1:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_top_p(sampling.top_p, 1))
+        if sampling.min_p > 0:
+            ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_min_p(sampling.min_p, 1))
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_temp(sampling.temperature))
+        seed = ll.LLAMA_DEFAULT_SEED if sampling.seed < 0 else sampling.seed
+        ll.llama_sampler_chain_add(chain, ll.llama_sampler_init_dist(seed))
+        return chain
+
+    def _decode(self, tokens: Sequence[int]) -> None:
+        ll = self._ll
+        array = (ll.llama_token * len(tokens))(*tokens)
+        status = ll.llama_decode(self._ctx, ll.llama_batch_get_one(array, len(tokens)))
+        if status != 0:
+            raise GenerationError(
+                f"The engine failed while computing the reply (code {status}).",
+                "Try a shorter conversation or reload the model.",
+            )
+        self._cached.extend(tokens)
+
+    # -- chatting --------------------------------------------------------------------------
+
+    def stream(
+        self,
+        messages: Sequence[Message],
+        sampling: SamplingSettings | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[str]:
+        """Yield the reply to ``messages`` piece by piece; ``self.last_stats`` holds its Stats.
+
+        Stops at the model's end-of-turn token, at ``sampling.max_tokens``, when the context
+        is full, or within one token of ``cancel`` being set (a cancel is not an error).
+
+        Raises:
+            GenerationError: the prompt does not fit, the template fails, or the engine fails.
+        """
+        if self._ctx is None:
+            raise GenerationError("No model is loaded.")
+        sampling = sampling or SamplingSettings()
+        cancel = cancel or threading.Event()
+        ll = self._ll
+        stats = Stats()
+        self.last_stats = stats
+        start = time.perf_counter()
+        prompt = self.tokenize(self.format_prompt(messages))
+        if len(prompt) >= self.n_ctx:
+            raise GenerationError(
+                f"This conversation is {len(prompt)} tokens long, more than the model's context "
+                f"of {self.n_ctx} tokens.",
+                "Start a new conversation or load the model with a longer context.",
+            )
+        # Reuse the keys/values of the longest common prefix with what is already computed.
+        common = 0
+        for cached, new in zip(self._cached, prompt):
+            if cached != new:
+                break
+            common += 1
+        common = min(common, len(prompt) - 1)  # at least one token must be decoded for logits
+        ll.llama_memory_seq_rm(self._memory, 0, common, -1)
+        del self._cached[common:]
+        stats.prompt_tokens = len(prompt)
+        stats.prompt_tokens_cached = common
+        sampler = self._sampler(sampling)
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        try:
+            todo = prompt[common:]
+            for begin in range(0, len(todo), self.n_batch):
+                if cancel.is_set():
+                    stats.stop_reason = "cancelled"
+                    break
+                self._decode(todo[begin : begin + self.n_batch])
+            prompt_time = time.perf_counter() - start
+            stats.prompt_tokens_per_s = (len(todo) / prompt_time) if prompt_time > 0 else 0.0
+            first_token_at = 0.0
+            while not stats.stop_reason:
+                token = ll.llama_sampler_sample(sampler, self._ctx, -1)
+                if ll.llama_vocab_is_eog(self._vocab, token):
+                    stats.stop_reason = "end"
+                    break
+                stats.generated_tokens += 1
+                text = decoder.decode(self._piece(token))
+                now = time.perf_counter()
+                if stats.generated_tokens == 1:
+                    first_token_at = now
+                    stats.time_to_first_token = now - start
+                else:  # kept current so a caller can show it live while the reply streams
+                    stats.generation_tokens_per_s = (stats.generated_tokens - 1) / (now - first_token_at)
+                if text:
+                    yield text
+                if cancel.is_set():
+                    stats.stop_reason = "cancelled"
+                elif stats.generated_tokens >= sampling.max_tokens:
+                    stats.stop_reason = "length"
+                elif len(self._cached) + 1 >= self.n_ctx:
+                    stats.stop_reason = "context_full"
+                else:
+                    self._decode([token])
+            tail = decoder.decode(b"", final=True)
+            if tail:
+                yield tail
+            stats.total_s = time.perf_counter() - start
+            stats.rss_bytes, stats.device_memory = memory_snapshot()
+        finally:
+            ll.llama_sampler_free(sampler)
+
+    def chat(
+        self,
+        messages: Sequence[Message],
+        sampling: SamplingSettings | None = None,
+        on_token: Callable[[str], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Reply:
+        """Generate a whole reply, calling ``on_token`` with each piece as it arrives."""
+        pieces = []
+        for piece in self.stream(messages, sampling, cancel):
+            pieces.append(piece)
+            if on_token is not None:
+                on_token(piece)
+        return Reply("".join(pieces), self.last_stats)
+
+    # -- unloading -------------------------------------------------------------------------
+
+    @property
+    def loaded(self) -> bool:
+        return self._model is not None
+
+    def close(self) -> None:
+        """Free the context and the weights now (idempotent)."""
+        if self._ctx is not None:
+            self._ll.llama_free(self._ctx)
+            self._ctx = None
+        if self._model is not None:
+            self._ll.llama_model_free(self._model)
+            self._model = None
+        self._cached = []
+
+    def __enter__(self) -> Session:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: the bindings may already be gone
+            pass

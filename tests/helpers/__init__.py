@@ -1,0 +1,1 @@
+"""Test helpers: model builders, the RPC device server."""

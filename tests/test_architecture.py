@@ -1,0 +1,44 @@
+"""The engine is Qt-free: nothing under engine/ imports PySide6 or the app."""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ENGINE = Path(__file__).resolve().parents[1] / "engine"
+FORBIDDEN = ("PySide6", "app", "shiboken6")
+
+
+def _imported_modules(path: Path) -> set[str]:
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_no_engine_module_imports_qt_or_app() -> None:
+    offenders = {
+        str(path.relative_to(ENGINE.parent)): sorted(_imported_modules(path) & set(FORBIDDEN))
+        for path in ENGINE.rglob("*.py")
+    }
+    offenders = {name: found for name, found in offenders.items() if found}
+    assert offenders == {}
+
+
+def test_using_the_engine_loads_no_qt() -> None:
+    code = (
+        "import sys, tempfile, pathlib\n"
+        "from engine.selftest import run\n"
+        "import io\n"
+        "assert run(io.StringIO()) == 0\n"
+        "bad = [m for m in sys.modules if m.split('.')[0] in ('PySide6', 'shiboken6', 'app')]\n"
+        "print(bad)\n"
+        "sys.exit(1 if bad else 0)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
