@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from PySide6.QtCore import QEvent, QObject, Qt, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QEvent, QMetaObject, QObject, Qt, QThread, QTimer, Signal, Slot
 from PySide6.QtGui import QAction, QCloseEvent, QKeyEvent, QKeySequence, QTextCursor
 from PySide6.QtWidgets import (
     QFileDialog,
@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 
 from app.worker import SessionWorker
 from engine.session import SamplingSettings
-from engine.store import StoredMessage, Store
+from engine.store import Store, StoredMessage
 
 SAVE_INTERVAL_S = 1.0
 LAST_MODEL_KEY = "last_model_path"
@@ -66,7 +66,7 @@ class _EnterToSend(QObject):
         super().__init__(parent)
         self._on_send = on_send
 
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:  # noqa: N802 (Qt override)
+    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
         if event.type() == QEvent.Type.KeyPress and isinstance(event, QKeyEvent):
             enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
             if enter and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
@@ -80,7 +80,11 @@ class ChatWindow(QMainWindow):
 
     load_requested = Signal(str)
     generate_requested = Signal(list, dict)
-    unload_requested = Signal()
+    # Re-emitted on the GUI thread once the window has shown them (panels and tests listen here).
+    model_ready = Signal(dict)
+    model_failed = Signal(str)
+    piece_shown = Signal(str)
+    reply_done = Signal(dict)
 
     def __init__(self, store: Store, autoload: bool = True) -> None:
         super().__init__()
@@ -176,7 +180,9 @@ class ChatWindow(QMainWindow):
 
         input_row = QHBoxLayout()
         self.input = QPlainTextEdit(main)
-        self.input.setPlaceholderText("Message the model (Enter to send, Shift+Enter for a new line)")
+        self.input.setPlaceholderText(
+            "Message the model (Enter to send, Shift+Enter for a new line)"
+        )
         self.input.setMaximumHeight(90)
         self.input.installEventFilter(_EnterToSend(self, self.send))
         self.send_button = QPushButton("Send", main)
@@ -199,10 +205,10 @@ class ChatWindow(QMainWindow):
         self.setCentralWidget(splitter)
 
         status = self.statusBar()
-        self.speed_label = QLabel("– tok/s")
-        self.ttft_label = QLabel("first token –")
-        self.ram_label = QLabel("RAM –")
-        self.vram_label = QLabel("VRAM –")
+        self.speed_label = QLabel("- tok/s")
+        self.ttft_label = QLabel("first token -")
+        self.ram_label = QLabel("RAM -")
+        self.vram_label = QLabel("VRAM -")
         for label in (self.speed_label, self.ttft_label, self.ram_label, self.vram_label):
             label.setObjectName("statLabel")
             status.addPermanentWidget(label)
@@ -222,7 +228,6 @@ class ChatWindow(QMainWindow):
         self.worker.moveToThread(self._thread)
         self.load_requested.connect(self.worker.load)
         self.generate_requested.connect(self.worker.generate)
-        self.unload_requested.connect(self.worker.unload)
         self.worker.load_started.connect(self._on_worker_load_started)
         self.worker.load_progressed.connect(self._on_worker_load_progressed)
         self.worker.model_loaded.connect(self._on_worker_model_loaded)
@@ -247,7 +252,10 @@ class ChatWindow(QMainWindow):
     def _on_open_button_clicked(self) -> None:
         start = self.store.get_setting(LAST_MODEL_KEY) or str(Path.home())
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open a GGUF model", str(Path(start).parent), "GGUF models (*.gguf);;All files (*)"
+            self,
+            "Open a GGUF model",
+            str(Path(start).parent),
+            "GGUF models (*.gguf);;All files (*)",
         )
         if path:
             self.load_model(path)
@@ -286,6 +294,7 @@ class ChatWindow(QMainWindow):
             f"context {model['n_ctx']} · {html.escape(model['placement'])}"
         )
         self.store.set_setting(LAST_MODEL_KEY, model["path"])
+        self.model_ready.emit(model)
 
     @Slot(str)
     def _on_worker_load_failed(self, message: str) -> None:
@@ -293,6 +302,7 @@ class ChatWindow(QMainWindow):
         self.open_button.setEnabled(True)
         self.model_label.setText("No model loaded")
         self.show_error(message)
+        self.model_failed.emit(message)
 
     # -- conversations ---------------------------------------------------------------------
 
@@ -344,7 +354,9 @@ class ChatWindow(QMainWindow):
         if self._conversation_id is None:
             return
         current = self.store.conversation(self._conversation_id)
-        answer = QMessageBox.question(self, "Delete chat", f"Delete “{current.title}” and all its messages?")
+        answer = QMessageBox.question(
+            self, "Delete chat", f"Delete “{current.title}” and all its messages?"
+        )
         if answer != QMessageBox.StandardButton.Yes:
             return
         if self._generating:
@@ -366,7 +378,9 @@ class ChatWindow(QMainWindow):
         foot = ""
         if message.role == "assistant":
             if message.stats:
-                foot = f"<div style='color:#6b7280;font-size:small'>{stats_line(message.stats)}</div>"
+                foot = (
+                    f"<div style='color:#6b7280;font-size:small'>{stats_line(message.stats)}</div>"
+                )
             elif not message.complete and message.id != self._reply_id:
                 foot = "<div style='color:#b45309;font-size:small'>interrupted</div>"
         return (
@@ -403,7 +417,11 @@ class ChatWindow(QMainWindow):
         if not any(m.role == "user" for m in history):
             self.store.rename_conversation(conversation_id, _title_from(text))
             self._refresh_conversations(select=conversation_id)
-        chat = [m.as_chat() for m in self.store.messages(conversation_id) if m.content or m.role == "user"]
+        chat = [
+            m.as_chat()
+            for m in self.store.messages(conversation_id)
+            if m.content or m.role == "user"
+        ]
         reply = self.store.start_reply(conversation_id, self._model["name"])
         self._reply_id = reply.id
         self._reply_conversation_id = conversation_id
@@ -413,7 +431,9 @@ class ChatWindow(QMainWindow):
         self._set_generating(True)
         self.worker.cancel.clear()
         sampling = SamplingSettings()
-        self.generate_requested.emit(chat, {k: getattr(sampling, k) for k in sampling.__dataclass_fields__})
+        self.generate_requested.emit(
+            chat, {k: getattr(sampling, k) for k in sampling.__dataclass_fields__}
+        )
 
     @Slot()
     def stop(self) -> None:
@@ -438,6 +458,7 @@ class ChatWindow(QMainWindow):
         cursor.insertText(piece)
         bar = self.view.verticalScrollBar()
         bar.setValue(bar.maximum())
+        self.piece_shown.emit(piece)
         now = time.monotonic()
         if now - self._reply_saved_at >= SAVE_INTERVAL_S:
             self._reply_saved_at = now
@@ -457,6 +478,7 @@ class ChatWindow(QMainWindow):
         self.speed_label.setText(f"{stats['generation_tokens_per_s']:.1f} tok/s")
         self.ttft_label.setText(f"first token {stats['time_to_first_token'] * 1000:.0f} ms")
         self._render_conversation()
+        self.reply_done.emit(stats)
 
     @Slot(str)
     def _on_worker_reply_failed(self, message: str) -> None:
@@ -491,12 +513,13 @@ class ChatWindow(QMainWindow):
 
     # -- shutdown --------------------------------------------------------------------------
 
-    def closeEvent(self, event: QCloseEvent) -> None:  # noqa: N802 (Qt override)
+    def closeEvent(self, event: QCloseEvent) -> None:
         self.worker.cancel.set()
         self._memory_timer.stop()
         if self._reply_id is not None:
             self.store.update_reply(self._reply_id, self._reply_text)
-        self.unload_requested.emit()
+        # Blocking, so the model is freed on its own thread before that thread's loop ends.
+        QMetaObject.invokeMethod(self.worker, "unload", Qt.ConnectionType.BlockingQueuedConnection)
         self._thread.quit()
         self._thread.wait()
         super().closeEvent(event)

@@ -42,7 +42,9 @@ def _install_excepthook() -> None:
         if QApplication.instance() is None:
             traceback.print_exception(kind, value, tb)
             return
-        box = QMessageBox(QMessageBox.Icon.Critical, "MoE Chat hit a problem", str(value) or kind.__name__)
+        box = QMessageBox(
+            QMessageBox.Icon.Critical, "MoE Chat hit a problem", str(value) or kind.__name__
+        )
         box.setInformativeText(
             "Your conversations are saved. Details are in the log file; the app keeps running."
         )

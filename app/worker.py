@@ -115,4 +115,3 @@ class SessionWorker(QObject):
         if self._session is not None:
             self._session.close()
             self._session = None
-

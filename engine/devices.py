@@ -78,7 +78,10 @@ def compiled_backends() -> list[str]:
     lib.ggml_backend_reg_name.argtypes = [ctypes.c_void_p]
     lib.ggml_backend_reg_name.restype = ctypes.c_char_p
     count = lib.ggml_backend_reg_count()
-    return [(lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(i)) or b"?").decode() for i in range(count)]
+    return [
+        (lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(i)) or b"?").decode()
+        for i in range(count)
+    ]
 
 
 def supports_gpu_offload() -> bool:
@@ -107,7 +110,8 @@ def buffer_type(device_name: str) -> Any:
 
 
 class _BuftOverride(ctypes.Structure):
-    # struct llama_model_tensor_buft_override { const char * pattern; ggml_backend_buffer_type_t buft; }
+    # struct llama_model_tensor_buft_override {
+    #     const char * pattern; ggml_backend_buffer_type_t buft; }
     _fields_ = [("pattern", ctypes.c_char_p), ("buft", ctypes.c_void_p)]
 
 
@@ -130,7 +134,9 @@ class TensorOverrides:
             try:
                 re.compile(rule.pattern)
             except re.error as exc:
-                raise ModelLoadError(f"Placement pattern {rule.pattern!r} is invalid: {exc}.") from exc
+                raise ModelLoadError(
+                    f"Placement pattern {rule.pattern!r} is invalid: {exc}."
+                ) from exc
         self._patterns = [rule.pattern.encode() for rule in rules]
         self._array = (_BuftOverride * (len(rules) + 1))()
         for slot, (rule, pattern) in enumerate(zip(rules, self._patterns, strict=True)):

@@ -18,10 +18,17 @@ from typing import Any
 
 logger = logging.getLogger("moe_chat.engine.native")
 
-# enum ggml_log_level in the pinned ggml.h: 0 none, 1 debug, 2 info, 3 warn, 4 error, 5 continuation.
+# enum ggml_log_level in the pinned ggml.h: 0 none, 1 debug, 2 info, 3 warn, 4 error,
+# 5 continuation of the previous piece.
 # (llama-cpp-python's own _logger.py still documents an older order.)
 LOG_WARN, LOG_ERROR, LOG_CONT = 3, 4, 5
-_LEVELS = {0: logging.DEBUG, 1: logging.DEBUG, 2: logging.INFO, 3: logging.WARNING, 4: logging.ERROR}
+_LEVELS = {
+    0: logging.DEBUG,
+    1: logging.DEBUG,
+    2: logging.INFO,
+    3: logging.WARNING,
+    4: logging.ERROR,
+}
 
 _lock = threading.Lock()
 _captures: list[list[tuple[int, str]]] = []
@@ -93,5 +100,7 @@ def parse_load_log(lines: list[tuple[int, str]]) -> LoadReport:
         for match in pattern.finditer(text):
             name = match.group(1).strip()
             target[name] = target.get(name, 0) + round(float(match.group(2)) * _MIB)
-    report.errors = [piece.strip() for level, piece in lines if level == LOG_ERROR and piece.strip()]
+    report.errors = [
+        piece.strip() for level, piece in lines if level == LOG_ERROR and piece.strip()
+    ]
     return report

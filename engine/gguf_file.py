@@ -19,26 +19,39 @@ GGUF_MAGIC = b"GGUF"
 # copied from LLM_ARCH_NAMES in its src/llama-arch.cpp. A file naming anything else cannot load.
 SUPPORTED_ARCHITECTURES = frozenset(
     """
-    llama llama4 deci falcon grok gpt2 gptj gptneox mpt baichuan starcoder refact bert modern-bert
-    nomic-bert nomic-bert-moe neo-bert jina-bert-v2 jina-bert-v3 eurobert bloom stablelm qwen qwen2
-    qwen2moe qwen2vl qwen3 qwen3moe qwen3next qwen3vl qwen3vlmoe qwen35 qwen35moe qwen4exp phi2 phi3
-    phimoe plamo plamo2 plamo3 codeshell orion internlm2 minicpm minicpm3 gemma gemma2 gemma3
-    gemma3n gemma4 gemma4-assistant gemma-embedding starcoder2 mamba mamba2 maple jamba falcon-h1
-    xverse command-r cohere2 cohere2moe dbrx olmo olmo2 olmoe muse-glimmer openelm arctic deepseek
-    deepseek2 deepseek2-ocr deepseek32 deepseek4 chatglm glm4 glm4moe glm-dsa bitnet t5 t5encoder
-    jais jais2 nemotron nemotron_h nemotron_h_moe exaone exaone4 exaone-moe rwkv6 rwkv6qwen2 rwkv7
-    arwkv7 granite granitemoe granitehybrid graniteswitch granite_swa chameleon plm bailingmoe
-    bailingmoe2 bailingmoe3 dots1 dots3note arcee afmoe laguna ernie4_5 ernie4_5-moe hunyuan-moe
-    hunyuan-dense hunyuan_vl hy_v3 hy_v4 smollm3 gpt-oss lfm2 lfm2moe dream smallthinker llada
-    llada-moe seed_oss grovemoe apertus minimax-01 hrm_text minimax-m2 minimax-m3 cogvlm rnd1
-    pangu-embedded mistral3 mistral4
+    llama llama4 deci falcon grok gpt2 gptj gptneox mpt baichuan starcoder refact bert
+    modern-bert nomic-bert nomic-bert-moe neo-bert jina-bert-v2 jina-bert-v3 eurobert bloom
+    stablelm qwen qwen2 qwen2moe qwen2vl qwen3 qwen3moe qwen3next qwen3vl qwen3vlmoe qwen35
+    qwen35moe qwen4exp phi2 phi3 phimoe plamo plamo2 plamo3 codeshell orion internlm2
+    minicpm minicpm3 gemma gemma2 gemma3 gemma3n gemma4 gemma4-assistant gemma-embedding
+    starcoder2 mamba mamba2 maple jamba falcon-h1 xverse command-r cohere2 cohere2moe dbrx
+    olmo olmo2 olmoe muse-glimmer openelm arctic deepseek deepseek2 deepseek2-ocr deepseek32
+    deepseek4 chatglm glm4 glm4moe glm-dsa bitnet t5 t5encoder jais jais2 nemotron
+    nemotron_h nemotron_h_moe exaone exaone4 exaone-moe rwkv6 rwkv6qwen2 rwkv7 arwkv7
+    granite granitemoe granitehybrid graniteswitch granite_swa chameleon plm bailingmoe
+    bailingmoe2 bailingmoe3 dots1 dots3note arcee afmoe laguna ernie4_5 ernie4_5-moe
+    hunyuan-moe hunyuan-dense hunyuan_vl hy_v3 hy_v4 smollm3 gpt-oss lfm2 lfm2moe dream
+    smallthinker llada llada-moe seed_oss grovemoe apertus minimax-01 hrm_text minimax-m2
+    minimax-m3 cogvlm rnd1 pangu-embedded mistral3 mistral4
     """.split()
 )
 
 # Files that hold no chat model (encoders, audio decoders, projectors for images).
 NOT_CHAT_ARCHITECTURES = frozenset(
-    {"clip", "wavtokenizer-dec", "bert", "modern-bert", "nomic-bert", "nomic-bert-moe",
-     "neo-bert", "jina-bert-v2", "jina-bert-v3", "eurobert", "t5encoder", "gemma-embedding"}
+    {
+        "clip",
+        "wavtokenizer-dec",
+        "bert",
+        "modern-bert",
+        "nomic-bert",
+        "nomic-bert-moe",
+        "neo-bert",
+        "jina-bert-v2",
+        "jina-bert-v3",
+        "eurobert",
+        "t5encoder",
+        "gemma-embedding",
+    }
 )
 
 
@@ -126,6 +139,11 @@ class GGUFInfo:
         return self.n_experts > 1
 
     @property
+    def tied_output(self) -> bool:
+        """No output head of its own: the engine reuses (and, on a GPU, copies) the embeddings."""
+        return not any(t.role is Role.OUTPUT_HEAD for t in self.tensors)
+
+    @property
     def tensor_bytes(self) -> int:
         return sum(t.n_bytes for t in self.tensors)
 
@@ -184,7 +202,10 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         )
 
     try:
-        with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        with (
+            path.open("rb") as handle,
+            mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf,
+        ):
             header = _HeaderParser(buf).parse()
     except _Truncated as exc:
         raise ModelFileError(
@@ -210,8 +231,17 @@ class _Corrupt(Exception):
 
 # GGUF value types: (struct format, size) for the scalar ones.
 _SCALARS: dict[int, tuple[str, int]] = {
-    0: ("<B", 1), 1: ("<b", 1), 2: ("<H", 2), 3: ("<h", 2), 4: ("<I", 4), 5: ("<i", 4),
-    6: ("<f", 4), 7: ("<?", 1), 10: ("<Q", 8), 11: ("<q", 8), 12: ("<d", 8),
+    0: ("<B", 1),
+    1: ("<b", 1),
+    2: ("<H", 2),
+    3: ("<h", 2),
+    4: ("<I", 4),
+    5: ("<i", 4),
+    6: ("<f", 4),
+    7: ("<?", 1),
+    10: ("<Q", 8),
+    11: ("<q", 8),
+    12: ("<d", 8),
 }
 _STRING, _ARRAY = 8, 9
 # Keys whose array values we keep; every other array (vocabularies) is skipped unread.
@@ -381,6 +411,12 @@ def _info_from_header(header: _Header, path: Path, file_size: int) -> GGUFInfo:
             raw = max(raw) if raw else default
         return int(raw)
 
+    n_experts, n_used = arch_int("expert_count"), arch_int("expert_used_count")
+    if n_experts and not 0 < n_used <= n_experts:
+        # The engine aborts the whole process on this instead of returning an error.
+        raise ModelFileError(
+            f"{shown} is damaged: it declares {n_experts} experts but {n_used} used per token."
+        )
     n_embd = arch_int("embedding_length")
     n_head = arch_int("attention.head_count")
     head_dim = arch_int("attention.key_length") or (n_embd // n_head if n_head else 0)
@@ -397,8 +433,8 @@ def _info_from_header(header: _Header, path: Path, file_size: int) -> GGUFInfo:
         n_head=n_head,
         n_head_kv=arch_int("attention.head_count_kv") or n_head,
         head_dim=head_dim,
-        n_experts=arch_int("expert_count"),
-        n_experts_used=arch_int("expert_used_count"),
+        n_experts=n_experts,
+        n_experts_used=n_used,
         n_shared_experts=arch_int("expert_shared_count"),
         expert_ffn_length=arch_int("expert_feed_forward_length"),
         chat_template=template if isinstance(template, str) and template else None,

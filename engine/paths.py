@@ -14,7 +14,9 @@ HOME_ENV = "MOE_CHAT_HOME"
 def app_home() -> Path:
     """The app's data directory: ``$MOE_CHAT_HOME`` if set, else the platform's user data dir."""
     override = os.environ.get(HOME_ENV)
-    path = Path(override) if override else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    path = (
+        Path(override) if override else Path(platformdirs.user_data_dir(APP_NAME, appauthor=False))
+    )
     path.mkdir(parents=True, exist_ok=True)
     return path
 

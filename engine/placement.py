@@ -1,4 +1,4 @@
-"""Placement: which tensors live on which device. Plain data; the planner decides, devices.py applies."""
+"""Placement: which tensors live on which device. Plain data: planners decide, devices applies."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ def expert_layers_pattern(layers: list[int] | range) -> str:
 
 @dataclass(frozen=True)
 class TensorRule:
-    """Tensors whose name the regex ``pattern`` *searches* go to ``device`` (an engine device name)."""
+    """Tensors whose name the regex ``pattern`` *searches* go to the engine device ``device``."""
 
     pattern: str
     device: str

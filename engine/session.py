@@ -9,6 +9,7 @@ A Session is used by one thread at a time; the app gives each loaded model its o
 from __future__ import annotations
 
 import codecs
+import contextlib
 import ctypes
 import os
 import threading
@@ -158,7 +159,9 @@ class Session:
         self._overrides = TensorOverrides(self.placement)
         params = ll.llama_model_default_params()
         params.n_gpu_layers = self.placement.n_gpu_layers
-        params.load_mode = ll.LLAMA_LOAD_MODE_MMAP if self.placement.use_mmap else ll.LLAMA_LOAD_MODE_NONE
+        params.load_mode = (
+            ll.LLAMA_LOAD_MODE_MMAP if self.placement.use_mmap else ll.LLAMA_LOAD_MODE_NONE
+        )
         address = self._overrides.address
         if address is not None:
             params.tensor_buft_overrides = address
@@ -256,7 +259,7 @@ class Session:
         return str(result.prompt)
 
     def tokenize(self, text: str) -> list[int]:
-        """Tokens of ``text``, with special tokens parsed and BOS added once if the model wants it."""
+        """Tokens of ``text``: special tokens parsed, BOS added once if the model wants it."""
         ll = self._ll
         data = text.encode("utf-8")
         add_bos = bool(ll.llama_vocab_get_add_bos(self._vocab))
@@ -347,7 +350,7 @@ class Session:
             )
         # Reuse the keys/values of the longest common prefix with what is already computed.
         common = 0
-        for cached, new in zip(self._cached, prompt):
+        for cached, new in zip(self._cached, prompt, strict=False):
             if cached != new:
                 break
             common += 1
@@ -380,7 +383,9 @@ class Session:
                     first_token_at = now
                     stats.time_to_first_token = now - start
                 else:  # kept current so a caller can show it live while the reply streams
-                    stats.generation_tokens_per_s = (stats.generated_tokens - 1) / (now - first_token_at)
+                    stats.generation_tokens_per_s = (stats.generated_tokens - 1) / (
+                        now - first_token_at
+                    )
                 if text:
                     yield text
                 if cancel.is_set():
@@ -437,7 +442,5 @@ class Session:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # at interpreter exit the bindings may be gone
             self.close()
-        except Exception:  # interpreter shutdown: the bindings may already be gone
-            pass

@@ -89,16 +89,18 @@ class Store:
             self._db.execute("PRAGMA foreign_keys=ON")
             version = self._db.execute("PRAGMA user_version").fetchone()[0]
             if version > SCHEMA_VERSION:
+                self._db.close()
                 raise StoreError(
                     f"The conversation database {self.path} was written by a newer MoE Chat.",
                     "Update MoE Chat to open it.",
                 )
             if version < SCHEMA_VERSION:
-                # One script, one transaction: a crash here leaves the old schema, not half a new one.
+                # One script, one transaction: a crash leaves the old schema, never half a new one.
                 self._db.executescript(
                     f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
                 )
         except sqlite3.DatabaseError as exc:
+            self._db.close()
             raise StoreError(
                 f"The conversation database {self.path} cannot be opened: {exc}.",
                 "Move the file away to start fresh; MoE Chat will create a new one.",
@@ -116,17 +118,22 @@ class Store:
 
     # -- conversations ---------------------------------------------------------------------
 
-    def create_conversation(self, title: str = "New chat", model_path: str | None = None) -> Conversation:
+    def create_conversation(
+        self, title: str = "New chat", model_path: str | None = None
+    ) -> Conversation:
         now = time.time()
         cursor = self._write(
-            "INSERT INTO conversations (title, model_path, created_at, updated_at) VALUES (?,?,?,?)",
+            "INSERT INTO conversations (title, model_path, created_at, updated_at) "
+            "VALUES (?,?,?,?)",
             (title, model_path, now, now),
         )
         assert cursor.lastrowid is not None
         return self.conversation(cursor.lastrowid)
 
     def conversation(self, conversation_id: int) -> Conversation:
-        row = self._db.execute("SELECT * FROM conversations WHERE id=?", (conversation_id,)).fetchone()
+        row = self._db.execute(
+            "SELECT * FROM conversations WHERE id=?", (conversation_id,)
+        ).fetchone()
         if row is None:
             raise StoreError(f"Conversation {conversation_id} no longer exists.")
         return Conversation(**dict(row))
@@ -137,14 +144,19 @@ class Store:
         return [Conversation(**dict(row)) for row in rows]
 
     def rename_conversation(self, conversation_id: int, title: str) -> None:
-        self._write("UPDATE conversations SET title=? WHERE id=?", (title.strip() or "Untitled", conversation_id))
+        self._write(
+            "UPDATE conversations SET title=? WHERE id=?",
+            (title.strip() or "Untitled", conversation_id),
+        )
 
     def delete_conversation(self, conversation_id: int) -> None:
         self._write("DELETE FROM conversations WHERE id=?", (conversation_id,))
 
     def _touch(self, conversation_id: int, model_path: str | None = None) -> None:
         if model_path is None:
-            self._write("UPDATE conversations SET updated_at=? WHERE id=?", (time.time(), conversation_id))
+            self._write(
+                "UPDATE conversations SET updated_at=? WHERE id=?", (time.time(), conversation_id)
+            )
         else:
             self._write(
                 "UPDATE conversations SET updated_at=?, model_path=? WHERE id=?",
@@ -182,7 +194,9 @@ class Store:
 
     def start_reply(self, conversation_id: int, model_name: str | None) -> StoredMessage:
         """An empty assistant message, marked incomplete until ``finish_reply``."""
-        return self.add_message(conversation_id, "assistant", "", model_name=model_name, complete=False)
+        return self.add_message(
+            conversation_id, "assistant", "", model_name=model_name, complete=False
+        )
 
     def update_reply(self, message_id: int, content: str) -> None:
         """Save the reply so far (called while it streams)."""

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 WORDS = (
-    "hello world expert router token layer memory speed model chat reply local fast "
-    "small mixture quiet green river stone light cloud"
+    "hello world expert router token layer memory speed model chat reply local "
+    "fast small mixture quiet green river stone light cloud"
 ).split()
 
 CHAT_TEMPLATE = (
@@ -122,10 +122,18 @@ def build_synthetic_moe(path: str | Path, spec: SyntheticSpec | None = None) -> 
     for layer in range(spec.n_layers):
         p = f"blk.{layer}."
         writer.add_tensor(p + "attn_norm.weight", np.ones(e, dtype=np.float32))
-        writer.add_tensor(p + "attn_q.weight", normal(spec.n_head * d, e, scale=0.1).astype(np.float16))
-        writer.add_tensor(p + "attn_k.weight", normal(spec.n_head_kv * d, e, scale=0.1).astype(np.float16))
-        writer.add_tensor(p + "attn_v.weight", normal(spec.n_head_kv * d, e, scale=0.1).astype(np.float16))
-        writer.add_tensor(p + "attn_output.weight", normal(e, spec.n_head * d, scale=0.02).astype(np.float16))
+        writer.add_tensor(
+            p + "attn_q.weight", normal(spec.n_head * d, e, scale=0.1).astype(np.float16)
+        )
+        writer.add_tensor(
+            p + "attn_k.weight", normal(spec.n_head_kv * d, e, scale=0.1).astype(np.float16)
+        )
+        writer.add_tensor(
+            p + "attn_v.weight", normal(spec.n_head_kv * d, e, scale=0.1).astype(np.float16)
+        )
+        writer.add_tensor(
+            p + "attn_output.weight", normal(e, spec.n_head * d, scale=0.02).astype(np.float16)
+        )
         writer.add_tensor(p + "attn_q_norm.weight", np.ones(d, dtype=np.float32))
         writer.add_tensor(p + "attn_k_norm.weight", np.ones(d, dtype=np.float32))
         writer.add_tensor(p + "ffn_norm.weight", np.ones(e, dtype=np.float32))
@@ -133,9 +141,15 @@ def build_synthetic_moe(path: str | Path, spec: SyntheticSpec | None = None) -> 
         router[:, 0] = spec.router_skew * ranks
         writer.add_tensor(p + "ffn_gate_inp.weight", router)
         exps = spec.n_experts
-        writer.add_tensor(p + "ffn_gate_exps.weight", normal(exps, f, e, scale=0.1).astype(np.float16))
-        writer.add_tensor(p + "ffn_up_exps.weight", normal(exps, f, e, scale=0.1).astype(np.float16))
-        writer.add_tensor(p + "ffn_down_exps.weight", normal(exps, e, f, scale=0.02).astype(np.float16))
+        writer.add_tensor(
+            p + "ffn_gate_exps.weight", normal(exps, f, e, scale=0.1).astype(np.float16)
+        )
+        writer.add_tensor(
+            p + "ffn_up_exps.weight", normal(exps, f, e, scale=0.1).astype(np.float16)
+        )
+        writer.add_tensor(
+            p + "ffn_down_exps.weight", normal(exps, e, f, scale=0.02).astype(np.float16)
+        )
 
     writer.write_header_to_file()
     writer.write_kv_data_to_file()

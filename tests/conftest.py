@@ -10,8 +10,8 @@ import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 
-from engine.synthetic import build_synthetic_moe  # noqa: E402
-from tests.helpers.models import build_upcycled_moe, smollm2_path  # noqa: E402
+from engine.synthetic import build_synthetic_moe
+from tests.helpers.models import build_upcycled_moe, smollm2_path
 
 
 @pytest.fixture(autouse=True)

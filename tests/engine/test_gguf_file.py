@@ -160,3 +160,11 @@ def test_unsupported_architecture(tmp_path: Path) -> None:
 def test_not_a_chat_model(tmp_path: Path) -> None:
     message = _error(_tiny_gguf(tmp_path / "mmproj.gguf", "clip"))
     assert "not a chat model" in message
+
+
+def test_moe_that_uses_no_experts_is_refused(tmp_path: Path) -> None:
+    # llama.cpp aborts the process on such a file, so the header check must catch it.
+    from engine.synthetic import build_synthetic_moe
+
+    path = build_synthetic_moe(tmp_path / "bad.gguf", SyntheticSpec(n_experts_used=0))
+    assert "8 experts but 0 used" in _error(path)

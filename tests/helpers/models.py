@@ -55,9 +55,7 @@ def build_upcycled_moe(dense: Path, out: Path, n_experts: int = 4, n_used: int =
         if base.split(".")[-1] in ("ffn_gate", "ffn_up", "ffn_down"):
             layer_prefix = base.rsplit(".", 1)[0]
             stacked = np.stack([np.asarray(tensor.data)] * n_experts)
-            writer.add_tensor(
-                f"{base}_exps.weight", stacked, raw_dtype=tensor.tensor_type
-            )
+            writer.add_tensor(f"{base}_exps.weight", stacked, raw_dtype=tensor.tensor_type)
             if base.endswith("ffn_gate"):
                 router = np.zeros((n_experts, n_embd), dtype=np.float32)
                 writer.add_tensor(f"{layer_prefix}.ffn_gate_inp.weight", router)
@@ -68,3 +66,25 @@ def build_upcycled_moe(dense: Path, out: Path, n_experts: int = 4, n_used: int =
     writer.write_tensors_to_file()
     writer.close()
     return out
+
+
+def copy_gguf(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
+    """Rewrite a GGUF, leaving out the named tensors (to make files the engine refuses)."""
+    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+
+    reader = GGUFReader(src)
+    writer = GGUFWriter(dst, reader.fields["general.architecture"].contents())
+    for key, field in reader.fields.items():
+        if key.startswith("GGUF.") or key == "general.architecture":
+            continue
+        kind = field.types[0]
+        sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
+        writer.add_key_value(key, field.contents(), kind, sub)
+    for tensor in reader.tensors:
+        if tensor.name not in drop:
+            writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return dst

@@ -33,7 +33,11 @@ def serve(endpoint: str) -> None:
         sys.exit("this engine has no RPC backend (build with -DGGML_RPC=ON)")
     address = lib.ggml_backend_reg_get_proc_address(reg, b"ggml_backend_rpc_start_server")
     start = ctypes.CFUNCTYPE(
-        None, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_size_t,
+        None,
+        ctypes.c_char_p,
+        ctypes.c_char_p,
+        ctypes.c_size_t,
+        ctypes.c_size_t,
         ctypes.POINTER(ctypes.c_void_p),
     )(address)
     devices = (ctypes.c_void_p * 1)(lib.ggml_backend_dev_by_type(0))  # the CPU device
@@ -60,7 +64,9 @@ def running_server(timeout: float = 30.0) -> Iterator[str]:
         deadline = time.monotonic() + timeout
         while True:
             if child.poll() is not None:
-                raise RuntimeError(f"RPC server exited: {child.stderr.read().decode() if child.stderr else ''}")
+                raise RuntimeError(
+                    f"RPC server exited: {child.stderr.read().decode() if child.stderr else ''}"
+                )
             with contextlib.suppress(OSError), socket.create_connection((host, int(port)), 0.5):
                 break
             if time.monotonic() > deadline:
@@ -70,6 +76,8 @@ def running_server(timeout: float = 30.0) -> Iterator[str]:
     finally:
         child.kill()
         child.wait()
+        if child.stderr:
+            child.stderr.close()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,151 @@
+"""The chat window, driven offscreen through its real widgets, with the real engine behind it.
+
+Tests wait on the window's own signals, which fire on the GUI thread; the worker's signals
+fire on the inference thread, where pytest-qt's waiting and clicking must not run.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QInputDialog, QMessageBox
+from pytestqt.qtbot import QtBot
+
+from app.chat_window import LAST_MODEL_KEY, ChatWindow
+from engine.store import Store
+
+LOAD_TIMEOUT_MS = 30_000
+
+
+def open_window(qtbot: QtBot, autoload: bool = False) -> ChatWindow:
+    window = ChatWindow(Store(), autoload=autoload)
+    qtbot.addWidget(window)
+    window.show()
+    qtbot.waitExposed(window)
+    return window
+
+
+def close_window(window: ChatWindow) -> None:
+    window.close()
+    window.store.close()
+
+
+def load(qtbot: QtBot, window: ChatWindow, path: Path) -> dict:
+    with qtbot.waitSignal(window.model_ready, timeout=LOAD_TIMEOUT_MS) as blocker:
+        window.load_model(str(path))
+    return blocker.args[0]
+
+
+def type_and_send(qtbot: QtBot, window: ChatWindow, text: str) -> None:
+    window.input.setFocus()
+    qtbot.keyClicks(window.input, text)
+    qtbot.keyClick(window.input, Qt.Key.Key_Return)
+
+
+def test_a_reply_streams_in_and_the_stats_update(qtbot: QtBot, synthetic_model: Path) -> None:
+    window = open_window(qtbot)
+    model = load(qtbot, window, synthetic_model)
+    assert model["n_experts"] == 8
+    assert "Synthetic MoE" in window.model_label.text()
+    pieces: list[str] = []
+    window.piece_shown.connect(pieces.append)
+    with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS) as finished:
+        type_and_send(qtbot, window, "hello")
+        assert window.input.toPlainText() == ""
+        assert window.stop_button.isEnabled() and not window.send_button.isEnabled()
+    stats = finished.args[0]
+    assert len(pieces) > 5 and stats["generated_tokens"] >= len(pieces) - 1
+    shown = window.view.toPlainText()
+    assert "hello" in shown and "".join(pieces).strip() in shown
+    assert "tok/s" in shown  # the reply's stats line
+    assert float(window.speed_label.text().split()[0]) > 0
+    assert window.ttft_label.text().startswith("first token ")
+    assert window.ram_label.text().startswith("RAM ") and "GiB" in window.ram_label.text()
+    assert window.send_button.isEnabled() and not window.stop_button.isEnabled()
+    [conversation] = window.store.conversations()
+    assert conversation.title == "hello"
+    assert window.conversation_list.item(0).text() == "hello"
+    close_window(window)
+
+
+def test_stop_halts_the_reply(qtbot: QtBot, synthetic_model: Path) -> None:
+    window = open_window(qtbot)
+    load(qtbot, window, synthetic_model)
+    received: list[str] = []
+
+    def on_token(piece: str) -> None:
+        received.append(piece)
+        if len(received) == 2:
+            qtbot.mouseClick(window.stop_button, Qt.MouseButton.LeftButton)
+
+    window.piece_shown.connect(on_token)
+    with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS) as finished:
+        type_and_send(qtbot, window, "tell me a long story")
+    stats = finished.args[0]
+    assert stats["stop_reason"] == "cancelled"
+    assert stats["generated_tokens"] < 100  # the default limit is 1024
+    assert "stopped" in window.view.toPlainText()
+    [reply] = [m for m in window.store.messages(window._conversation_id) if m.role == "assistant"]
+    assert reply.complete and reply.stats["stop_reason"] == "cancelled"
+    close_window(window)
+
+
+def test_conversations_survive_closing_and_reopening(qtbot: QtBot, synthetic_model: Path) -> None:
+    window = open_window(qtbot)
+    load(qtbot, window, synthetic_model)
+    with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
+        type_and_send(qtbot, window, "remember me")
+    reply_text = window.store.messages(window._conversation_id)[-1].content
+    close_window(window)
+
+    again = open_window(qtbot, autoload=True)
+    assert again.conversation_list.count() == 1
+    assert again.conversation_list.item(0).text() == "remember me"
+    shown = again.view.toPlainText()
+    assert "remember me" in shown and reply_text.strip() in shown
+    # The model file is remembered and loaded again at start.
+    assert again.store.get_setting(LAST_MODEL_KEY) == str(synthetic_model)
+    qtbot.waitUntil(lambda: again._model is not None, timeout=LOAD_TIMEOUT_MS)
+    close_window(again)
+
+
+def test_a_bad_model_file_shows_a_readable_error(qtbot: QtBot, tmp_path: Path) -> None:
+    bad = tmp_path / "notes.gguf"
+    bad.write_text("not a model")
+    window = open_window(qtbot)
+    with qtbot.waitSignal(window.model_failed, timeout=LOAD_TIMEOUT_MS):
+        window.load_model(str(bad))
+    assert window.error_banner.isVisible()
+    message = window.error_label.text()
+    assert "notes.gguf is not a GGUF model file" in message
+    assert "Traceback" not in message
+    assert window.model_label.text() == "No model loaded"
+    assert window.open_button.isEnabled()
+    close_window(window)
+
+
+def test_sending_without_a_model_explains_what_to_do(qtbot: QtBot) -> None:
+    window = open_window(qtbot)
+    type_and_send(qtbot, window, "hello?")
+    assert window.error_banner.isVisible()
+    assert "Open model" in window.error_label.text()
+    assert window.input.toPlainText() == "hello?"  # nothing typed is lost
+    close_window(window)
+
+
+def test_new_rename_and_delete_conversations(qtbot: QtBot, monkeypatch: pytest.MonkeyPatch) -> None:
+    window = open_window(qtbot)
+    assert window.conversation_list.count() == 1
+    qtbot.mouseClick(window.new_button, Qt.MouseButton.LeftButton)
+    assert window.conversation_list.count() == 2
+    # The modal dialogs are answered as a user would.
+    monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: ("Trip planning", True))
+    qtbot.mouseClick(window.rename_button, Qt.MouseButton.LeftButton)
+    assert window.conversation_list.currentItem().text() == "Trip planning"
+    monkeypatch.setattr(QMessageBox, "question", lambda *a, **k: QMessageBox.StandardButton.Yes)
+    qtbot.mouseClick(window.delete_button, Qt.MouseButton.LeftButton)
+    titles = [c.title for c in window.store.conversations()]
+    assert "Trip planning" not in titles and len(titles) == 1
+    close_window(window)
