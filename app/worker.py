@@ -15,7 +15,7 @@ from engine.session import LoadSettings, SamplingSettings, Session
 
 log = logging.getLogger(__name__)
 
-LIVE_STATS_INTERVAL_S = 0.25
+FLUSH_INTERVAL_S = 0.05
 
 
 def describe_error(exc: BaseException) -> str:
@@ -87,24 +87,34 @@ class SessionWorker(QObject):
             self.reply_failed.emit("No model is loaded. Open a model first.")
             return
         settings = SamplingSettings(**sampling)
-        last_emit = 0.0
+        # Pieces are batched into one signal per FLUSH_INTERVAL_S: each wake-up of the GUI
+        # thread steals a core from the engine's threads, which wait for each other.
+        pending: list[str] = []
+        last_flush = 0.0  # the first piece goes out at once: time to first token is visible
         try:
             for piece in session.stream(messages, settings, self.cancel):
-                self.token_received.emit(piece)
+                pending.append(piece)
                 now = time.perf_counter()
-                if now - last_emit >= LIVE_STATS_INTERVAL_S:
-                    last_emit = now
-                    stats = session.last_stats
-                    self.live_stats.emit(
-                        stats.generated_tokens,
-                        stats.generation_tokens_per_s,
-                        stats.time_to_first_token,
-                    )
+                if now - last_flush >= FLUSH_INTERVAL_S:
+                    last_flush = now
+                    self._flush(pending, session)
+            self._flush(pending, session)
         except Exception as exc:
             log.warning("reply failed", exc_info=not isinstance(exc, MoeChatError))
+            self._flush(pending, session)  # what was generated is kept
             self.reply_failed.emit(describe_error(exc))
             return
         self.reply_finished.emit(session.last_stats.to_dict())
+
+    def _flush(self, pending: list[str], session: Session) -> None:
+        if not pending:
+            return
+        self.token_received.emit("".join(pending))
+        pending.clear()
+        stats = session.last_stats
+        self.live_stats.emit(
+            stats.generated_tokens, stats.generation_tokens_per_s, stats.time_to_first_token
+        )
 
     @Slot()
     def unload(self) -> None:

@@ -56,7 +56,8 @@ def test_a_reply_streams_in_and_the_stats_update(qtbot: QtBot, synthetic_model: 
         assert window.input.toPlainText() == ""
         assert window.stop_button.isEnabled() and not window.send_button.isEnabled()
     stats = finished.args[0]
-    assert len(pieces) > 5 and stats["generated_tokens"] >= len(pieces) - 1
+    # The first piece is shown at once, the rest in batches (one GUI update per 50 ms).
+    assert len(pieces) >= 2 and stats["generated_tokens"] >= len(pieces)
     shown = window.view.toPlainText()
     assert "hello" in shown and "".join(pieces).strip() in shown
     assert "tok/s" in shown  # the reply's stats line
@@ -77,7 +78,7 @@ def test_stop_halts_the_reply(qtbot: QtBot, synthetic_model: Path) -> None:
 
     def on_token(piece: str) -> None:
         received.append(piece)
-        if len(received) == 2:
+        if len(received) == 1:  # the first token is on screen: the reply is streaming
             qtbot.mouseClick(window.stop_button, Qt.MouseButton.LeftButton)
 
     window.piece_shown.connect(on_token)
@@ -85,7 +86,7 @@ def test_stop_halts_the_reply(qtbot: QtBot, synthetic_model: Path) -> None:
         type_and_send(qtbot, window, "tell me a long story")
     stats = finished.args[0]
     assert stats["stop_reason"] == "cancelled"
-    assert stats["generated_tokens"] < 100  # the default limit is 1024
+    assert stats["generated_tokens"] < 1024  # the default limit
     assert "stopped" in window.view.toPlainText()
     [reply] = [m for m in window.store.messages(window._conversation_id) if m.role == "assistant"]
     assert reply.complete and reply.stats["stop_reason"] == "cancelled"
