@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from engine.session import LoadSettings, SamplingSettings, Session  # noqa: E402
+from engine.session import LoadSettings, SamplingSettings, Session
 
 PROMPT = [
     {"role": "system", "content": "You are a helpful assistant."},
