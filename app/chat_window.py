@@ -115,6 +115,7 @@ class ChatWindow(QMainWindow):
                 QTimer.singleShot(0, lambda: self.load_model(remembered))
         else:
             self.model_label.setText("No model loaded")
+        self.input.setFocus()  # typing goes to the message box from the first key
 
     # -- construction ----------------------------------------------------------------------
 
@@ -379,13 +380,14 @@ class ChatWindow(QMainWindow):
         if message.role == "assistant":
             if message.stats:
                 foot = (
-                    f"<div style='color:#6b7280;font-size:small'>{stats_line(message.stats)}</div>"
+                    "<p style='margin-top:3px; color:#6b7280; font-size:small'>"
+                    f"{stats_line(message.stats)}</p>"
                 )
             elif not message.complete and message.id != self._reply_id:
-                foot = "<div style='color:#b45309;font-size:small'>interrupted</div>"
+                foot = "<p style='margin-top:3px; color:#b45309; font-size:small'>interrupted</p>"
         return (
-            f"<div style='margin-bottom:10px'><b style='color:{colour}'>{who}</b>"
-            f"<div>{body}</div>{foot}</div>"
+            f"<p style='margin-top:14px; margin-bottom:3px'><b style='color:{colour}'>{who}</b></p>"
+            f"<p style='margin:0'>{body}</p>{foot}"
         )
 
     def _render_conversation(self) -> None:
