@@ -6,7 +6,9 @@ start; a broken install then becomes an EngineUnavailableError instead of a cras
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import sys
 import threading
 from types import ModuleType
 from typing import Any
@@ -23,6 +25,7 @@ def llama_cpp() -> ModuleType:
     global _module
     with _lock:
         if _module is None:
+            _promote_libstdcxx()
             try:
                 from llama_cpp import llama_cpp as bindings
             except Exception as exc:  # OSError from dlopen, ImportError, RuntimeError
@@ -37,6 +40,21 @@ def llama_cpp() -> ModuleType:
             bindings.llama_backend_init()
             _module = bindings
         return _module
+
+
+def _promote_libstdcxx() -> None:
+    """Put the system C++ runtime in the global symbol scope before the engine loads.
+
+    llama-cpp-python loads its libraries RTLD_GLOBAL. A CUDA build's libggml-cuda carries
+    its own copies of C++ stream templates; if libstdc++ is only in a local scope (numpy
+    loaded it first, as reading a GGUF header does), libllama binds its ``std::ostream``
+    calls to those copies and crashes in ``codecvt`` while printing the model summary
+    (seen on an H100 with a CUDA 13 build). Promoting libstdc++ first keeps it authoritative.
+    """
+    if not sys.platform.startswith("linux"):
+        return
+    with contextlib.suppress(OSError):
+        ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
 
 
 def ggml() -> Any:
