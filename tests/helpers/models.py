@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -35,17 +36,12 @@ def build_upcycled_moe(dense: Path, out: Path, n_experts: int = 4, n_used: int =
     placements. (With a random router, the pinned engine's logits drift from the dense ones by
     ~0.3 at k=2 although k=1 stays bit-exact; measured here, not explained yet.)
     """
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    from gguf import GGUFReader, GGUFWriter
 
     reader = GGUFReader(dense)
     arch = reader.fields["general.architecture"].contents()
     writer = GGUFWriter(out, arch)
-    for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
-            continue
-        kind = field.types[0]
-        sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), kind, sub)
+    _copy_metadata(reader, writer)
     writer.add_uint32(f"{arch}.expert_count", n_experts)
     writer.add_uint32(f"{arch}.expert_used_count", n_used)
     n_embd = int(reader.fields[f"{arch}.embedding_length"].contents())
@@ -61,30 +57,37 @@ def build_upcycled_moe(dense: Path, out: Path, n_experts: int = 4, n_used: int =
                 writer.add_tensor(f"{layer_prefix}.ffn_gate_inp.weight", router)
         else:
             writer.add_tensor(name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+    _write(writer)
     return out
 
 
 def copy_gguf(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
     """Rewrite a GGUF, leaving out the named tensors (to make files the engine refuses)."""
-    from gguf import GGUFReader, GGUFValueType, GGUFWriter
+    from gguf import GGUFReader, GGUFWriter
 
     reader = GGUFReader(src)
     writer = GGUFWriter(dst, reader.fields["general.architecture"].contents())
+    _copy_metadata(reader, writer)
+    for tensor in reader.tensors:
+        if tensor.name not in drop:
+            writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
+    _write(writer)
+    return dst
+
+
+def _copy_metadata(reader: Any, writer: Any) -> None:
+    from gguf import GGUFValueType
+
     for key, field in reader.fields.items():
         if key.startswith("GGUF.") or key == "general.architecture":
             continue
         kind = field.types[0]
         sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
         writer.add_key_value(key, field.contents(), kind, sub)
-    for tensor in reader.tensors:
-        if tensor.name not in drop:
-            writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
+
+
+def _write(writer: Any) -> None:
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
     writer.close()
-    return dst

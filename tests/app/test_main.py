@@ -1,0 +1,48 @@
+"""``moe-chat --self-test``: headless, exits 0 with a reply and its speed, loads no Qt."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+
+def test_self_test_passes_without_a_display(tmp_path: Path) -> None:
+    env = {
+        "PATH": os.environ["PATH"],
+        "HOME": str(tmp_path),
+        "MOE_CHAT_HOME": str(tmp_path / "home"),
+    }
+    code = (
+        "import sys\n"
+        "from app.main import main\n"
+        "rc = main(['--self-test'])\n"
+        "qt = [m for m in sys.modules if m.startswith(('PySide6', 'shiboken6'))]\n"
+        "print('qt modules loaded:', qt)\n"
+        "sys.exit(rc)\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code],
+        env=env,
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert "self-test passed" in result.stdout
+    assert "reply: '" in result.stdout and "tokens/s" in result.stdout
+    assert "qt modules loaded: []" in result.stdout
+
+
+def test_version_flag() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "app", "--version"],
+        cwd=Path(__file__).parents[2],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("moe-chat ")
