@@ -168,20 +168,50 @@ class GGUFInfo:
         return int(per_token * n_ctx * bytes_per_element)
 
 
+_SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
 def read_gguf(path: str | Path) -> GGUFInfo:
     """Read the header and tensor table of a GGUF file without loading weights.
 
+    A split model (``name-00001-of-00003.gguf``…) is read whole: given any of its parts,
+    every part is read and the inventory covers all of them; ``path`` of the result is the
+    first part, which is what the engine loads.
+
     Args:
-        path: the ``.gguf`` file (the first shard of a split model).
+        path: the ``.gguf`` file, or any part of a split model.
 
     Returns:
         The model's facts and tensor inventory.
 
     Raises:
-        ModelFileError: the file is missing, unreadable, not GGUF, cut short, or holds an
-            architecture this engine cannot run.
+        ModelFileError: a file is missing, unreadable, not GGUF, cut short, or holds an
+            architecture this engine cannot run; or a part of a split model is missing.
     """
     path = Path(path)
+    shard = _SHARD_RE.match(path.name)
+    if shard and int(shard["no"]) != 1 and int(shard["count"]) > 1:
+        path = path.with_name(f"{shard['prefix']}-00001-of-{shard['count']}.gguf")
+    header, file_size = _read_header(path)
+    tensors = _tensor_table(header, path, file_size)
+    split_count = int(header.fields.get("split.count", 1) or 1)
+    total_size = file_size
+    for number in range(2, split_count + 1):
+        prefix = shard["prefix"] if shard else path.name.removesuffix(".gguf")
+        part = path.with_name(f"{prefix}-{number:05d}-of-{split_count:05d}.gguf")
+        if not part.is_file():
+            raise ModelFileError(
+                f"{path.name} is part 1 of a model split in {split_count} files, and part "
+                f"{number} ({part.name}) is missing.",
+                "Put all parts in the same folder; download the missing one again.",
+            )
+        part_header, part_size = _read_header(part)
+        tensors += _tensor_table(part_header, part, part_size)
+        total_size += part_size
+    return _info_from_header(header, path, total_size, tensors)
+
+
+def _read_header(path: Path) -> tuple[_Header, int]:
     shown = path.name
     if not path.exists():
         raise ModelFileError(f"The model file {shown} does not exist.", "Choose another file.")
@@ -200,13 +230,12 @@ def read_gguf(path: str | Path) -> GGUFInfo:
             f"{shown} is not a GGUF model file.",
             "MoE Chat runs llama.cpp GGUF files; pick a file ending in .gguf.",
         )
-
     try:
         with (
             path.open("rb") as handle,
             mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf,
         ):
-            header = _HeaderParser(buf).parse()
+            return _HeaderParser(buf).parse(), file_size
     except _Truncated as exc:
         raise ModelFileError(
             f"{shown} is incomplete: it ends inside its own header.",
@@ -218,7 +247,35 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         ) from exc
     except OSError as exc:
         raise ModelFileError(f"{shown} cannot be read: {exc.strerror}.") from exc
-    return _info_from_header(header, path, file_size)
+
+
+def _tensor_table(header: _Header, path: Path, file_size: int) -> list[TensorInfo]:
+    """The tensors one file holds, checked to lie inside it."""
+    tensors: list[TensorInfo] = []
+    end_of_data = header.data_start
+    for name, ggml_type, shape, offset in header.tensors:
+        try:
+            type_name, n_bytes = _tensor_bytes(ggml_type, shape, name)
+        except _Corrupt as exc:
+            raise ModelFileError(f"{path.name} is damaged: {exc}.") from exc
+        end_of_data = max(end_of_data, header.data_start + offset + n_bytes)
+        tensors.append(
+            TensorInfo(
+                name=name,
+                ggml_type=type_name,
+                shape=shape,
+                n_bytes=n_bytes,
+                role=classify_tensor(name),
+                layer=tensor_layer(name),
+            )
+        )
+    if end_of_data > file_size:
+        raise ModelFileError(
+            f"{path.name} is incomplete: it has {_size(file_size)} of the "
+            f"{_size(end_of_data)} its header describes.",
+            "The download was probably cut short; download it again.",
+        )
+    return tensors
 
 
 class _Truncated(Exception):
@@ -356,7 +413,9 @@ def _tensor_bytes(ggml_type: int, shape: tuple[int, ...], name: str) -> tuple[st
     return kind.name, n_elements // block * type_size
 
 
-def _info_from_header(header: _Header, path: Path, file_size: int) -> GGUFInfo:
+def _info_from_header(
+    header: _Header, path: Path, file_size: int, tensors: list[TensorInfo]
+) -> GGUFInfo:
     shown = path.name
     fields = header.fields
 
@@ -377,32 +436,7 @@ def _info_from_header(header: _Header, path: Path, file_size: int) -> GGUFInfo:
             "Pick another model, or update MoE Chat.",
         )
 
-    tensors: list[TensorInfo] = []
-    end_of_data = header.data_start
-    for name, ggml_type, shape, offset in header.tensors:
-        try:
-            type_name, n_bytes = _tensor_bytes(ggml_type, shape, name)
-        except _Corrupt as exc:
-            raise ModelFileError(f"{shown} is damaged: {exc}.") from exc
-        end_of_data = max(end_of_data, header.data_start + offset + n_bytes)
-        tensors.append(
-            TensorInfo(
-                name=name,
-                ggml_type=type_name,
-                shape=shape,
-                n_bytes=n_bytes,
-                role=classify_tensor(name),
-                layer=tensor_layer(name),
-            )
-        )
-    split_count = int(value("split.count", 1) or 1)
-    if end_of_data > file_size:
-        raise ModelFileError(
-            f"{shown} is incomplete: it has {_size(file_size)} of the {_size(end_of_data)} "
-            "its header describes.",
-            "The download was probably cut short; download it again.",
-        )
-    if not tensors and split_count <= 1:
+    if not tensors:
         raise ModelFileError(f"{shown} holds no weights.")
 
     def arch_int(key: str, default: int = 0) -> int:

@@ -131,6 +131,7 @@ class Session:
         self.placement = placement or Placement.cpu_only()
         self.settings = settings or LoadSettings()
         self.info: GGUFInfo = read_gguf(self.path)
+        self.path = self.info.path  # the first part of a split model is what the engine loads
         self._ll = llama_cpp()
         self._model: Any = None
         self._ctx: Any = None

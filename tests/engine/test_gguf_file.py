@@ -168,3 +168,38 @@ def test_moe_that_uses_no_experts_is_refused(tmp_path: Path) -> None:
 
     path = build_synthetic_moe(tmp_path / "bad.gguf", SyntheticSpec(n_experts_used=0))
     assert "8 experts but 0 used" in _error(path)
+
+
+@pytest.fixture
+def split_model(tmp_path: Path, synthetic_model: Path) -> list[Path]:
+    from tests.helpers.models import copy_gguf
+
+    copy_gguf(synthetic_model, tmp_path / "split.gguf", split_max_tensors=20)
+    parts = sorted(tmp_path.glob("split-*-of-*.gguf"))
+    assert [p.name for p in parts] == [f"split-0000{i}-of-00003.gguf" for i in (1, 2, 3)]
+    return parts
+
+
+def test_split_model_is_read_whole_from_any_part(
+    split_model: list[Path], synthetic_model: Path
+) -> None:
+    whole = read_gguf(synthetic_model)
+    for part in split_model:
+        info = read_gguf(part)
+        assert info.path == split_model[0]
+        assert info.tensor_bytes == whole.tensor_bytes
+        assert info.bytes_by_role() == whole.bytes_by_role()
+        assert info.file_size == sum(p.stat().st_size for p in split_model)
+        assert (info.architecture, info.n_experts) == ("qwen3moe", 8)
+
+
+def test_split_model_with_a_missing_part(split_model: list[Path]) -> None:
+    split_model[1].unlink()
+    message = _error(split_model[0])
+    assert "part 2 (split-00002-of-00003.gguf) is missing" in message
+
+
+def test_split_model_with_a_cut_part(split_model: list[Path]) -> None:
+    data = split_model[2].read_bytes()
+    split_model[2].write_bytes(data[: len(data) // 2])
+    assert "split-00003-of-00003.gguf is incomplete" in _error(split_model[0])

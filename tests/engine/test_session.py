@@ -154,3 +154,13 @@ def test_load_progress_is_reported_and_can_abort(synthetic_model: Path) -> None:
     assert values and values[-1] == pytest.approx(1.0)
     with pytest.raises(ModelLoadError, match="cancelled"):
         Session(synthetic_model, on_progress=lambda _v: False)
+
+
+def test_split_model_loads_and_chats(tmp_path: Path, synthetic_model: Path) -> None:
+    copy_gguf(synthetic_model, tmp_path / "split.gguf", split_max_tensors=20)
+    whole = Session(synthetic_model)
+    expected = whole.chat(HELLO, SamplingSettings.greedy(8)).text
+    whole.close()
+    with Session(tmp_path / "split-00002-of-00003.gguf") as split:
+        assert split.path.name == "split-00001-of-00003.gguf"
+        assert split.chat(HELLO, SamplingSettings.greedy(8)).text == expected

@@ -61,12 +61,16 @@ def build_upcycled_moe(dense: Path, out: Path, n_experts: int = 4, n_used: int =
     return out
 
 
-def copy_gguf(src: Path, dst: Path, drop: tuple[str, ...] = ()) -> Path:
-    """Rewrite a GGUF, leaving out the named tensors (to make files the engine refuses)."""
+def copy_gguf(src: Path, dst: Path, drop: tuple[str, ...] = (), split_max_tensors: int = 0) -> Path:
+    """Rewrite a GGUF, leaving out the named tensors (to make files the engine refuses), or
+    split into parts of at most ``split_max_tensors`` tensors (``dst`` names the model; the
+    parts are ``<stem>-00001-of-0000N.gguf``…, as llama.cpp's gguf-split writes them)."""
     from gguf import GGUFReader, GGUFWriter
 
     reader = GGUFReader(src)
-    writer = GGUFWriter(dst, reader.fields["general.architecture"].contents())
+    writer = GGUFWriter(
+        dst, reader.fields["general.architecture"].contents(), split_max_tensors=split_max_tensors
+    )
     _copy_metadata(reader, writer)
     for tensor in reader.tensors:
         if tensor.name not in drop:
