@@ -10,7 +10,6 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal, Slot
 
 from engine.errors import MoeChatError
-from engine.placement import Placement
 from engine.session import LoadSettings, SamplingSettings, Session
 
 log = logging.getLogger(__name__)
@@ -53,7 +52,7 @@ class SessionWorker(QObject):
         try:
             session = Session(
                 path,
-                Placement.cpu_only(),
+                "auto",
                 LoadSettings(),
                 on_progress=self._on_session_progress,
             )

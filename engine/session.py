@@ -17,16 +17,16 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import psutil
 
 from engine import engine_log
 from engine.devices import TensorOverrides, list_devices
 from engine.errors import GenerationError, ModelLoadError
-from engine.gguf_file import GGUFInfo, read_gguf
+from engine.gguf_file import GGUFInfo, Role, read_gguf
 from engine.native import llama_cpp
-from engine.placement import Placement
+from engine.placement import Placement, first_fit
 
 # Used when a GGUF carries no chat template; the same ChatML fallback llama.cpp uses.
 CHATML_TEMPLATE = (
@@ -102,6 +102,22 @@ def memory_snapshot() -> tuple[int, dict[str, tuple[int, int]]]:
     return rss, devices
 
 
+def auto_placement(info: GGUFInfo, settings: LoadSettings) -> Placement:
+    """The coarse default split for this machine: see ``placement.first_fit``."""
+    gpus = [d for d in list_devices() if d.is_gpu and d.memory_free]
+    gpu = max(gpus, key=lambda d: d.memory_free or 0, default=None)
+    n_ctx = settings.n_ctx or info.context_length
+    if info.context_length:
+        n_ctx = min(n_ctx, info.context_length)
+    return first_fit(
+        tensor_bytes=info.tensor_bytes,
+        expert_bytes=info.bytes_by_role()[Role.ROUTED_EXPERTS],
+        kv_bytes=info.kv_cache_bytes(n_ctx),
+        gpu_name=gpu.name if gpu else None,
+        gpu_free=gpu.memory_free if gpu else None,
+    )
+
+
 def default_threads() -> int:
     return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
 
@@ -110,8 +126,8 @@ class Session:
     """One model loaded in the engine, ready to chat.
 
     Args:
-        path: the GGUF file.
-        placement: where tensors go; CPU only by default.
+        path: the GGUF file (any part of a split model).
+        placement: where tensors go; CPU only by default, ``"auto"`` for ``auto_placement``.
         settings: context size, batch sizes, threads.
         on_progress: called with 0..1 while weights load; return False to abort the load.
 
@@ -123,15 +139,16 @@ class Session:
     def __init__(
         self,
         path: str | Path,
-        placement: Placement | None = None,
+        placement: Placement | Literal["auto"] | None = None,
         settings: LoadSettings | None = None,
         on_progress: Callable[[float], bool] | None = None,
     ) -> None:
-        self.path = Path(path)
-        self.placement = placement or Placement.cpu_only()
         self.settings = settings or LoadSettings()
-        self.info: GGUFInfo = read_gguf(self.path)
+        self.info: GGUFInfo = read_gguf(path)
         self.path = self.info.path  # the first part of a split model is what the engine loads
+        if placement == "auto":
+            placement = auto_placement(self.info, self.settings)
+        self.placement = placement or Placement.cpu_only()
         self._ll = llama_cpp()
         self._model: Any = None
         self._ctx: Any = None

@@ -117,3 +117,14 @@ def test_unloading_gives_the_memory_back(smollm2: Path) -> None:
     weights = read_gguf(smollm2).tensor_bytes
     assert loaded - before > 0.8 * weights
     assert loaded - after > 0.8 * weights
+
+
+def test_auto_placement_uses_the_device_and_keeps_the_reply(
+    upcycled_moe: Path, dense_reply: str, rpc_device: str
+) -> None:
+    # The RPC device reports this machine's free RAM, far more than the 250 MB model needs.
+    with Session(upcycled_moe, "auto") as session:
+        assert session.placement == Placement.all_on_gpu()
+        text = session.chat(QUESTION, SamplingSettings.greedy(48)).text
+        assert _device_bytes(session.load_report.model_buffers, rpc_device) > 0
+    assert text == dense_reply
