@@ -36,9 +36,18 @@ def _install_excepthook() -> None:
     """Unexpected exceptions are logged and shown in a dialog instead of killing the app."""
 
     def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
-        log.error("unexpected error", exc_info=(kind, value, tb))
         from PySide6.QtWidgets import QApplication, QMessageBox
 
+        from app.chat_window import ChatWindow
+        from engine.errors import MoeChatError
+
+        windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, ChatWindow)]
+        if isinstance(value, MoeChatError) and windows:
+            # An expected failure (a full disk while saving, say) surfacing in a slot.
+            log.warning("%s", value)
+            windows[0].show_error(str(value))
+            return
+        log.error("unexpected error", exc_info=(kind, value, tb))
         if QApplication.instance() is None:
             traceback.print_exception(kind, value, tb)
             return

@@ -27,7 +27,8 @@ def describe_error(exc: BaseException) -> str:
 class SessionWorker(QObject):
     """Loads, runs and frees one model. Move it to a QThread; call its slots by queued signal.
 
-    ``cancel`` is a plain threading.Event the GUI may set at any time to stop a reply.
+    ``cancel`` is a plain threading.Event the GUI may set at any time to stop a reply;
+    ``closing`` aborts a load in progress (the window is going away).
     """
 
     load_started = Signal(str)  # path
@@ -43,6 +44,7 @@ class SessionWorker(QObject):
     def __init__(self) -> None:
         super().__init__()
         self.cancel = threading.Event()
+        self.closing = threading.Event()
         self._session: Session | None = None
 
     @Slot(str)
@@ -77,7 +79,7 @@ class SessionWorker(QObject):
 
     def _on_session_progress(self, value: float) -> bool:
         self.load_progressed.emit(value)
-        return True
+        return not self.closing.is_set()
 
     @Slot(list, dict)
     def generate(self, messages: list[dict[str, str]], sampling: dict[str, Any]) -> None:

@@ -150,3 +150,21 @@ def test_new_rename_and_delete_conversations(qtbot: QtBot, monkeypatch: pytest.M
     titles = [c.title for c in window.store.conversations()]
     assert "Trip planning" not in titles and len(titles) == 1
     close_window(window)
+
+
+def test_an_expected_error_in_a_slot_lands_in_the_banner(
+    qtbot: QtBot, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import sys
+
+    from app.main import _install_excepthook
+    from engine.errors import StoreError
+
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)  # restored after the test
+    _install_excepthook()
+    window = open_window(qtbot)
+    error = StoreError("Saving failed: database or disk is full.", "Check free disk space.")
+    sys.excepthook(StoreError, error, None)
+    assert window.error_banner.isVisible()
+    assert window.error_label.text() == str(error)
+    close_window(window)
