@@ -151,7 +151,12 @@ def _engine_probe_main() -> None:
     from engine.native import llama_cpp
 
     info = (llama_cpp().llama_print_system_info() or b"").decode(errors="replace")
-    features = sorted(name.lower() for name, on in re.findall(r"(\w+) = (\d)", info) if on == "1")
+    build_flags = {"llamafile", "openmp", "repack", "kleidiai", "accelerate", "metal"}
+    features = sorted(
+        name.lower()
+        for name, on in re.findall(r"(\w+) = (\d)", info)
+        if on == "1" and name.lower() not in build_flags
+    )
     print(
         json.dumps(
             {
