@@ -33,6 +33,11 @@ QUANT_QUALITY = {"Q2_K": 1, "Q3_K_M": 2, "Q4_0": 3, "Q4_K_M": 4, "MXFP4": 4, "Q5
                  "Q6_K": 6, "Q8_0": 7, "F16": 8, "BF16": 8}  # fmt: skip
 
 
+# Low-bit quants lose enough quality that a smaller model at 4 bits or more usually answers
+# better; the ranking subtracts this from the model's quality rank.
+QUANT_RANK_PENALTY = {"Q2_K": 25, "Q3_K_M": 8}
+
+
 class CatalogError(MoeChatError):
     """The catalog file is missing or malformed."""
 
@@ -50,6 +55,10 @@ class CatalogQuant:
     @property
     def quality(self) -> int:
         return QUANT_QUALITY.get(self.quant, 0)
+
+    @property
+    def rank_penalty(self) -> int:
+        return QUANT_RANK_PENALTY.get(self.quant, 0)
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ placement: that equality is the correctness oracle for the placement mechanism.
 from __future__ import annotations
 
 import gc
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -14,7 +15,7 @@ import pytest
 
 from engine.gguf_file import Role, read_gguf
 from engine.placement import EXPERT_TENSORS, Placement, TensorRule
-from engine.session import SamplingSettings, Session
+from engine.session import LoadSettings, SamplingSettings, Session
 
 QUESTION = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -128,3 +129,46 @@ def test_auto_placement_uses_the_device_and_keeps_the_reply(
         text = session.chat(QUESTION, SamplingSettings.greedy(48)).text
         assert _device_bytes(session.load_report.model_buffers, rpc_device) > 0
     assert text == dense_reply
+
+
+def test_a_planned_hybrid_split_loads_as_planned(
+    upcycled_moe: Path, dense_reply: str, rpc_device: str
+) -> None:
+    from engine.hardware import GPUInfo, detect
+    from engine.planner import ModelShape, Settings, Verdict, compute_buffer_bytes, plan
+
+    shape = ModelShape.from_gguf(read_gguf(upcycled_moe))
+    settings = Settings(n_ctx=4096, gpu_margin=0, use_mmap=False)
+    kv = shape.kv_bytes(4096)
+    # A device with room for the always-read part and about half of the expert layers.
+    free = (
+        shape.always_bytes + kv + compute_buffer_bytes(shape, settings)
+    ) + shape.expert_bytes // 2
+    device = GPUInfo(
+        name="RPC test device",
+        vendor="unknown",
+        memory_total=int(free / 0.95) + 1,
+        memory_free=int(free / 0.95) + 1,
+        bandwidth=None,
+        source="engine",
+        engine_device=rpc_device,
+    )
+    machine = replace(detect(engine=False, measure_bandwidth=False), gpus=(device,))
+    planned = plan(shape, machine, settings)
+    assert planned.verdict is Verdict.HYBRID
+    assert 10 <= len(planned.gpu_expert_layers) <= 20
+
+    with Session(upcycled_moe, planned.placement, LoadSettings(n_ctx=4096)) as session:
+        text = session.chat(QUESTION, SamplingSettings.greedy(48)).text
+        report = session.load_report
+    assert text == dense_reply
+    gpu_plan, cpu_plan = planned.devices
+    measured_gpu = _device_bytes(report.model_buffers, rpc_device)
+    measured_cpu = _cpu_bytes(report.model_buffers)
+    assert measured_gpu == pytest.approx(gpu_plan.weights, rel=0.10)
+    assert measured_cpu == pytest.approx(cpu_plan.weights, rel=0.10)
+    assert _device_bytes(report.kv_buffers, rpc_device) == pytest.approx(
+        gpu_plan.kv_cache, rel=0.10
+    )
+    measured_compute = _device_bytes(report.compute_buffers, rpc_device)
+    assert measured_compute == pytest.approx(gpu_plan.compute, rel=0.10)

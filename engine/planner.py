@@ -1,0 +1,478 @@
+"""Plan a model on a machine: memory per device, placement, predicted speed, verdict, ranking.
+
+Pure functions of (model shape, machine profile, settings); no I/O.
+
+Placement is "read density first" (shared/design/ARCHITECTURE.md): during decode a token
+costs the bytes read on each device over that device's bandwidth, so the GPU gets, in order,
+what every token reads (attention, norms, router, shared experts, output head, KV cache),
+then whole layers of routed experts while they fit. Token embeddings stay in RAM.
+
+Speed model, calibrated on the llama-bench numbers in TECH-NOTES.md (H100, Qwen3-30B-A3B
+shape, Q4_0), which it reproduces within about 15%:
+
+    t_token = sum over devices (bytes read per token / (bandwidth x efficiency))
+              + GPU-resident layers x per-layer launch cost
+
+    prompt: compute at ~35 GFLOP/s per CPU core or bandwidth x 15 FLOP/B on a GPU; with
+    experts in RAM, each ubatch also copies the experts to the GPU (pinned 55 GB/s without
+    mmap, 7 GB/s from a mapped file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field, replace
+from enum import Enum
+
+from engine.catalog import CatalogModel, CatalogQuant
+from engine.gguf_file import GGUFInfo, Role
+from engine.hardware import GPUInfo, MachineProfile
+from engine.placement import Placement, TensorRule, expert_layers_pattern
+
+GIB = 1 << 30
+
+# Calibration (see module docstring). Efficiency = achieved / peak bandwidth.
+CPU_EFFICIENCY = 0.46  # CPU only: 28.9 tok/s measured vs 107 GB/s host bandwidth
+CPU_EFFICIENCY_WITH_GPU = 0.36  # a visible GPU turns off weight repacking (18.7 tok/s)
+GPU_EFFICIENCY = 0.8
+GPU_LAYER_COST_S = 52e-6  # kernel launches per GPU-resident layer per token
+CPU_FLOPS_PER_CORE = 35e9
+GPU_FLOPS_PER_BYTE_PER_S = 15.0
+PINNED_COPY_BPS = 55e9
+MAPPED_COPY_BPS = 7e9
+DEFAULT_GPU_BANDWIDTH = 300e9  # an unknown GPU: assume a mid-range card, say so
+DEFAULT_RAM_BANDWIDTH = 40e9  # no probe: two channels of DDR4/DDR5, roughly
+TYPICAL_FILL = 2048  # tokens of context a typical decode step reads
+UNKNOWN_VOCAB = 152_064  # before download: as large as common vocabularies (Qwen's), to be safe
+
+
+class Verdict(str, Enum):
+    FULL_GPU = "Runs fully on GPU"
+    HYBRID = "GPU + experts in RAM"
+    CPU_ONLY = "CPU only"
+    TOO_LARGE = "Too large for this machine"
+
+
+@dataclass(frozen=True)
+class ModelShape:
+    """What the planner needs to know about one model file (exact after download)."""
+
+    name: str
+    quant: str
+    n_layers: int
+    n_experts: int
+    n_experts_used: int
+    n_kv_heads: int
+    head_dim: int
+    context_length: int | None
+    n_embd: int
+    n_vocab: int
+    always_bytes: int  # read for every token
+    embedding_bytes: int  # stored in RAM; one row read per token
+    expert_bytes_per_layer: tuple[int, ...]  # routed experts of each layer, in layer order
+    active_params: float
+    exact: bool
+
+    @property
+    def expert_bytes(self) -> int:
+        return sum(self.expert_bytes_per_layer)
+
+    @property
+    def total_bytes(self) -> int:
+        return self.always_bytes + self.embedding_bytes + self.expert_bytes
+
+    @property
+    def read_share(self) -> float:
+        """Share of a layer's expert bytes one token reads (k / E)."""
+        return self.n_experts_used / self.n_experts if self.n_experts else 1.0
+
+    def kv_bytes(self, n_ctx: int, bytes_per_element: float = 2.0) -> int:
+        return int(2 * self.n_layers * self.n_kv_heads * self.head_dim * n_ctx * bytes_per_element)
+
+    @classmethod
+    def from_catalog(cls, model: CatalogModel, quant: CatalogQuant) -> ModelShape:
+        """An estimate from the catalog: sizes split by the expert share of parameters."""
+        size = model.size_estimate(quant)
+        experts = int(size * model.expert_share)
+        heads = model.n_heads or max(1, model.n_embd // 128)
+        return cls(
+            name=model.display_name,
+            quant=quant.quant,
+            n_layers=model.n_layers,
+            n_experts=model.n_experts,
+            n_experts_used=model.n_experts_used,
+            n_kv_heads=model.n_kv_heads or heads,
+            head_dim=model.head_dim or model.n_embd // heads,
+            context_length=model.native_context,
+            n_embd=model.n_embd,
+            n_vocab=UNKNOWN_VOCAB,
+            always_bytes=size - experts,
+            embedding_bytes=0,  # unknown before download: counted as always-read (safe side)
+            expert_bytes_per_layer=(experts // model.n_layers,) * model.n_layers,
+            active_params=model.active_params_b * 1e9,
+            exact=False,
+        )
+
+    @classmethod
+    def from_gguf(cls, info: GGUFInfo) -> ModelShape:
+        """Exact sizes from the file's tensor table."""
+        roles = info.bytes_by_role()
+        per_layer = info.expert_bytes_by_layer()
+        layers = tuple(per_layer.get(i, 0) for i in range(info.n_layers))
+        embeddings = roles[Role.TOKEN_EMBEDDINGS]
+        always = info.tensor_bytes - embeddings - roles[Role.ROUTED_EXPERTS]
+        if info.tied_output:
+            always += embeddings  # the output head reads the whole embedding matrix
+        bytes_per_param = info.tensor_bytes / max(1, _param_count(info))
+        active = (always + roles[Role.ROUTED_EXPERTS] * _share(info)) / bytes_per_param
+        return cls(
+            name=info.name,
+            quant=info.file_type,
+            n_layers=info.n_layers,
+            n_experts=max(info.n_experts, 1),
+            n_experts_used=max(info.n_experts_used, 1),
+            n_kv_heads=info.n_head_kv,
+            head_dim=info.head_dim,
+            context_length=info.context_length or None,
+            n_embd=info.n_embd,
+            n_vocab=_vocab_size(info),
+            always_bytes=always,
+            embedding_bytes=embeddings,
+            expert_bytes_per_layer=layers,
+            active_params=active,
+            exact=True,
+        )
+
+
+def _vocab_size(info: GGUFInfo) -> int:
+    for tensor in info.tensors:
+        if tensor.role is Role.TOKEN_EMBEDDINGS and len(tensor.shape) == 2:
+            return tensor.shape[1]
+    return UNKNOWN_VOCAB
+
+
+def _share(info: GGUFInfo) -> float:
+    return info.n_experts_used / info.n_experts if info.n_experts else 1.0
+
+
+def _param_count(info: GGUFInfo) -> int:
+    total = 0
+    for tensor in info.tensors:
+        count = 1
+        for dim in tensor.shape:
+            count *= dim
+        total += count
+    return total
+
+
+@dataclass(frozen=True)
+class Settings:
+    n_ctx: int = 4096
+    kv_bytes_per_element: float = 2.0  # f16 cache
+    gpu_margin: int = GIB // 2  # plus 5% of the GPU, for the driver and the desktop
+    ram_margin: int = GIB  # "available" already leaves out running programs; this is slack
+    use_mmap: bool = True
+    n_ubatch: int = 512
+    min_tokens_per_s: float = 8.0
+
+
+@dataclass(frozen=True)
+class DevicePlan:
+    """What one device holds under a plan, in bytes."""
+
+    device: str  # the engine's device name ("CPU", "CUDA0", …)
+    label: str
+    weights: int
+    kv_cache: int
+    compute: int
+    budget: int  # free memory minus margin
+    bandwidth: float  # bytes/s
+    read_per_token: int
+
+    @property
+    def total(self) -> int:
+        return self.weights + self.kv_cache + self.compute
+
+
+@dataclass(frozen=True)
+class Plan:
+    shape: ModelShape
+    n_ctx: int
+    verdict: Verdict
+    placement: Placement
+    devices: tuple[DevicePlan, ...]
+    gpu_expert_layers: tuple[int, ...]
+    decode_tokens_per_s: float
+    prompt_tokens_per_s: float
+    missing_bytes: int = 0
+    notes: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def runs(self) -> bool:
+        return self.verdict is not Verdict.TOO_LARGE
+
+    @property
+    def gpu_bytes(self) -> int:
+        return sum(d.total for d in self.devices if d.device != "CPU")
+
+    @property
+    def ram_bytes(self) -> int:
+        return sum(d.total for d in self.devices if d.device == "CPU")
+
+    @property
+    def expert_share_on_gpu(self) -> float:
+        """f: share of expert reads served from VRAM (layer placement, uniform routing)."""
+        total = self.shape.expert_bytes
+        on_gpu = sum(self.shape.expert_bytes_per_layer[i] for i in self.gpu_expert_layers)
+        return on_gpu / total if total else 1.0
+
+    def summary(self) -> str:
+        """One sentence a user reads in the model manager."""
+        speed = f"about {self.decode_tokens_per_s:.0f} tokens/s"
+        if self.verdict is Verdict.TOO_LARGE:
+            return (
+                f"Needs {self.missing_bytes / 1e9:.1f} GB more memory than this machine has free."
+            )
+        if self.verdict is Verdict.FULL_GPU:
+            return f"Fits on the GPU ({self.gpu_bytes / 1e9:.1f} GB): {speed}."
+        if self.verdict is Verdict.HYBRID:
+            return (
+                f"{self.gpu_bytes / 1e9:.1f} GB on the GPU with {self.expert_share_on_gpu:.0%} "
+                f"of expert reads, {self.ram_bytes / 1e9:.1f} GB in RAM: {speed}."
+            )
+        return f"{self.ram_bytes / 1e9:.1f} GB in RAM: {speed}."
+
+
+def compute_buffer_bytes(shape: ModelShape, settings: Settings) -> int:
+    """Scratch memory for one ubatch: logits for every row plus activations.
+
+    Fits the engine's log within 6% on SmolLM2 (103 MB measured at ubatch 512).
+    """
+    return 4 * 2**20 + settings.n_ubatch * 4 * (shape.n_vocab + 4 * shape.n_embd)
+
+
+def plan(shape: ModelShape, machine: MachineProfile, settings: Settings | None = None) -> Plan:
+    """Place ``shape`` on ``machine``: the fastest layout that fits, or why nothing does."""
+    settings = settings or Settings()
+    n_ctx = min(settings.n_ctx, shape.context_length or settings.n_ctx)
+    kv = shape.kv_bytes(n_ctx, settings.kv_bytes_per_element)
+    compute = compute_buffer_bytes(shape, settings)
+    gpus = [g for g in machine.usable_gpus if g.memory_free]
+    unified = any(g.unified_memory for g in gpus)
+    ram_budget = max(0, (machine.ram_available or 0) - settings.ram_margin)
+    ram_bandwidth = machine.ram_bandwidth or DEFAULT_RAM_BANDWIDTH
+
+    def gpu_budget(gpu: GPUInfo) -> int:
+        free = gpu.memory_free or 0
+        return max(0, int(free * 0.95) - settings.gpu_margin)
+
+    budgets = [gpu_budget(g) for g in gpus]
+    if gpus and shape.always_bytes + kv + compute <= sum(budgets):
+        result = _plan_gpu(shape, machine, settings, gpus, budgets, kv, compute, n_ctx)
+        # On unified memory (Apple) the GPU's share comes out of the same RAM.
+        ram_needed = result.ram_bytes + (result.gpu_bytes if unified else 0)
+        if ram_needed <= ram_budget:
+            return result
+    cpu_total = shape.total_bytes + kv + compute
+    device = DevicePlan(
+        device="CPU",
+        label=machine.cpu_model or "CPU",
+        weights=shape.total_bytes,
+        kv_cache=kv,
+        compute=compute,
+        budget=ram_budget,
+        bandwidth=ram_bandwidth,
+        read_per_token=_cpu_read(shape, n_ctx, settings),
+    )
+    if cpu_total > ram_budget:
+        capacity = ram_budget + (sum(budgets) if not unified else 0)
+        missing = cpu_total - capacity if cpu_total > capacity else cpu_total - ram_budget
+        return Plan(
+            shape=shape,
+            n_ctx=n_ctx,
+            verdict=Verdict.TOO_LARGE,
+            placement=Placement.cpu_only(),
+            devices=(device,),
+            gpu_expert_layers=(),
+            decode_tokens_per_s=0.0,
+            prompt_tokens_per_s=0.0,
+            missing_bytes=missing,
+        )
+    decode = (ram_bandwidth * CPU_EFFICIENCY) / device.read_per_token
+    prompt = _cpu_flops(machine) / (2 * shape.active_params)
+    return Plan(
+        shape=shape,
+        n_ctx=n_ctx,
+        verdict=Verdict.CPU_ONLY,
+        placement=replace(Placement.cpu_only(), use_mmap=settings.use_mmap),
+        devices=(device,),
+        gpu_expert_layers=(),
+        decode_tokens_per_s=decode,
+        prompt_tokens_per_s=prompt,
+    )
+
+
+def _cpu_read(shape: ModelShape, n_ctx: int, settings: Settings) -> int:
+    fill = min(n_ctx, TYPICAL_FILL)
+    experts = int(shape.expert_bytes * shape.read_share)
+    return shape.always_bytes + experts + shape.kv_bytes(fill, settings.kv_bytes_per_element)
+
+
+def _cpu_flops(machine: MachineProfile) -> float:
+    return (machine.physical_cores or 1) * CPU_FLOPS_PER_CORE
+
+
+def _plan_gpu(
+    shape: ModelShape,
+    machine: MachineProfile,
+    settings: Settings,
+    gpus: list[GPUInfo],
+    budgets: list[int],
+    kv: int,
+    compute: int,
+    n_ctx: int,
+) -> Plan:
+    # Always-read weights, KV and compute buffers spread like the engine's default layer
+    # split: in proportion to each GPU's budget.
+    total_budget = sum(budgets)
+    shares = [b / total_budget for b in budgets]
+    used = [int((shape.always_bytes + kv) * s) + compute for s in shares]
+    layers_on: list[list[int]] = [[] for _ in gpus]
+    cpu_layers: list[int] = []
+    gpu_index = 0
+    for layer, size in enumerate(shape.expert_bytes_per_layer):
+        if size == 0:
+            continue
+        while gpu_index < len(gpus) and used[gpu_index] + size > budgets[gpu_index]:
+            gpu_index += 1
+        if gpu_index < len(gpus):
+            layers_on[gpu_index].append(layer)
+            used[gpu_index] += size
+        else:
+            cpu_layers.append(layer)
+    gpu_layers = tuple(sorted(layer for group in layers_on for layer in group))
+    fill = min(n_ctx, TYPICAL_FILL)
+    kv_read = shape.kv_bytes(fill, settings.kv_bytes_per_element)
+    devices = []
+    for i, gpu in enumerate(gpus):
+        expert_bytes = sum(shape.expert_bytes_per_layer[j] for j in layers_on[i])
+        devices.append(
+            DevicePlan(
+                device=gpu.engine_device or gpu.name,
+                label=gpu.name,
+                weights=int(shape.always_bytes * shares[i]) + expert_bytes,
+                kv_cache=int(kv * shares[i]),
+                compute=compute,
+                budget=budgets[i],
+                bandwidth=gpu.bandwidth or DEFAULT_GPU_BANDWIDTH,
+                read_per_token=int((shape.always_bytes + kv_read) * shares[i])
+                + int(expert_bytes * shape.read_share),
+            )
+        )
+    cpu_expert_bytes = sum(shape.expert_bytes_per_layer[j] for j in cpu_layers)
+    ram_bandwidth = machine.ram_bandwidth or DEFAULT_RAM_BANDWIDTH
+    cpu = DevicePlan(
+        device="CPU",
+        label=machine.cpu_model or "CPU",
+        weights=shape.embedding_bytes + cpu_expert_bytes,
+        kv_cache=0,
+        # Only the expert matmuls run here; logits stay with the output head on the GPU.
+        compute=4 * 2**20 + settings.n_ubatch * 32 * shape.n_embd if cpu_layers else 0,
+        budget=max(0, (machine.ram_available or 0) - settings.ram_margin),
+        bandwidth=ram_bandwidth,
+        read_per_token=int(cpu_expert_bytes * shape.read_share),
+    )
+    devices.append(cpu)
+
+    seconds = cpu.read_per_token / (ram_bandwidth * CPU_EFFICIENCY_WITH_GPU)
+    for device in devices[:-1]:
+        seconds += device.read_per_token / (device.bandwidth * GPU_EFFICIENCY)
+    seconds += shape.n_layers * GPU_LAYER_COST_S
+    decode = 1 / seconds
+
+    gpu_flops = sum((g.bandwidth or DEFAULT_GPU_BANDWIDTH) for g in gpus) * GPU_FLOPS_PER_BYTE_PER_S
+    prompt_seconds = 2 * shape.active_params / gpu_flops
+    if cpu_layers:
+        copy_rate = MAPPED_COPY_BPS if settings.use_mmap else PINNED_COPY_BPS
+        prompt_seconds += cpu_expert_bytes / copy_rate / settings.n_ubatch
+    rules = []
+    if cpu_layers:
+        rules.append(TensorRule(expert_layers_pattern(cpu_layers), "CPU"))
+    if len(gpus) > 1:
+        for i, gpu in enumerate(gpus):
+            if layers_on[i] and gpu.engine_device:
+                rules.append(TensorRule(expert_layers_pattern(layers_on[i]), gpu.engine_device))
+    verdict = Verdict.HYBRID if cpu_layers else Verdict.FULL_GPU
+    label = (
+        "All on the GPU"
+        if not cpu_layers
+        else f"GPU, {len(cpu_layers)} of {len(cpu_layers) + len(gpu_layers)} expert layers in RAM"
+    )
+    return Plan(
+        shape=shape,
+        n_ctx=n_ctx,
+        verdict=verdict,
+        placement=Placement(
+            n_gpu_layers=-1, rules=tuple(rules), use_mmap=settings.use_mmap, label=label
+        ),
+        devices=tuple(devices),
+        gpu_expert_layers=gpu_layers,
+        decode_tokens_per_s=decode,
+        prompt_tokens_per_s=1 / prompt_seconds,
+    )
+
+
+@dataclass(frozen=True)
+class Candidate:
+    model: CatalogModel
+    quant: CatalogQuant
+    plan: Plan
+
+
+def rank(
+    models: Iterable[CatalogModel], machine: MachineProfile, settings: Settings | None = None
+) -> list[Candidate]:
+    """Every catalog model x quantization planned on this machine, best first.
+
+    Best: runs at ``min_tokens_per_s`` or more, then the highest quality tier (less for 2-
+    and 3-bit quants), then the best quantization, then the fastest.
+    """
+    settings = settings or Settings()
+    candidates = [
+        Candidate(model, quant, plan(ModelShape.from_catalog(model, quant), machine, settings))
+        for model in models
+        for quant in model.quants
+    ]
+
+    def key(candidate: Candidate) -> tuple[bool, bool, int, int, float]:
+        p = candidate.plan
+        fast = p.runs and p.decode_tokens_per_s >= settings.min_tokens_per_s
+        quality = candidate.model.quality_rank - candidate.quant.rank_penalty
+        return (fast, p.runs, quality, candidate.quant.quality, p.decode_tokens_per_s)
+
+    return sorted(candidates, key=key, reverse=True)
+
+
+def recommend(
+    models: Iterable[CatalogModel], machine: MachineProfile, settings: Settings | None = None
+) -> tuple[Candidate, str] | None:
+    """The one model + quantization to suggest, with a one-sentence reason (None: nothing runs)."""
+    settings = settings or Settings()
+    ranked = rank(models, machine, settings)
+    if not ranked or not ranked[0].plan.runs:
+        return None
+    best = ranked[0]
+    p = best.plan
+    if p.decode_tokens_per_s >= settings.min_tokens_per_s:
+        reason = (
+            f"{best.model.display_name} {best.quant.quant} is the strongest model that runs at "
+            f"{settings.min_tokens_per_s:.0f}+ tokens/s here ({p.verdict.value.lower()}, "
+            f"about {p.decode_tokens_per_s:.0f} tokens/s)."
+        )
+    else:
+        reason = (
+            f"Nothing reaches {settings.min_tokens_per_s:.0f} tokens/s here; "
+            f"{best.model.display_name} {best.quant.quant} is the best that fits "
+            f"(about {p.decode_tokens_per_s:.1f} tokens/s)."
+        )
+    return best, reason

@@ -1,0 +1,174 @@
+"""engine/planner.py over fixed machine profiles: verdicts, placements, invariants, ranking."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import replace
+
+import pytest
+
+from engine.catalog import CatalogModel, load_catalog
+from engine.hardware import MachineProfile
+from engine.planner import ModelShape, Plan, Settings, Verdict, plan, rank, recommend
+from tests.helpers.machines import (
+    APPLE_16,
+    GPU_8_RAM_32,
+    GPU_24_RAM_64,
+    LAPTOP_16,
+    PROFILES,
+    TWO_GPUS_12_8,
+    gpu,
+    machine,
+)
+
+CATALOG = {m.id: m for m in load_catalog()}
+QWEN = ("qwen3-30b-a3b-instruct-2507", "Q4_K_M")
+GPT_OSS = ("gpt-oss-20b", "MXFP4")
+OLMOE = ("olmoe-1b-7b-0924-instruct", "Q4_K_M")
+
+
+def shape(model_quant: tuple[str, str]) -> ModelShape:
+    model = CATALOG[model_quant[0]]
+    return ModelShape.from_catalog(model, model.quant(model_quant[1]))
+
+
+EXPECTED = {
+    (QWEN, "laptop-16"): Verdict.TOO_LARGE,
+    (QWEN, "gpu-8-ram-32"): Verdict.HYBRID,
+    (QWEN, "gpu-24-ram-64"): Verdict.FULL_GPU,
+    (QWEN, "apple-16"): Verdict.TOO_LARGE,
+    (QWEN, "two-gpus-12-8"): Verdict.HYBRID,
+    (GPT_OSS, "laptop-16"): Verdict.CPU_ONLY,
+    (GPT_OSS, "gpu-8-ram-32"): Verdict.HYBRID,
+    (GPT_OSS, "gpu-24-ram-64"): Verdict.FULL_GPU,
+    (GPT_OSS, "apple-16"): Verdict.HYBRID,
+    (GPT_OSS, "two-gpus-12-8"): Verdict.FULL_GPU,
+    (OLMOE, "laptop-16"): Verdict.CPU_ONLY,
+    (OLMOE, "gpu-8-ram-32"): Verdict.FULL_GPU,
+    (OLMOE, "gpu-24-ram-64"): Verdict.FULL_GPU,
+    (OLMOE, "apple-16"): Verdict.FULL_GPU,
+    (OLMOE, "two-gpus-12-8"): Verdict.FULL_GPU,
+}
+
+
+@pytest.mark.parametrize(("case", "verdict"), list(EXPECTED.items()), ids=str)
+def test_verdicts(case: tuple[tuple[str, str], str], verdict: Verdict) -> None:
+    model, profile = case
+    result = plan(shape(model), PROFILES[profile])
+    assert result.verdict is verdict, result.summary()
+    if verdict is Verdict.TOO_LARGE:
+        assert result.missing_bytes > 0 and result.decode_tokens_per_s == 0
+        assert "more memory" in result.summary()
+    else:
+        assert result.decode_tokens_per_s > 1 and result.prompt_tokens_per_s > 1
+
+
+def test_hybrid_placement_sends_exactly_the_planned_layers_to_ram() -> None:
+    result = plan(shape(QWEN), GPU_8_RAM_32)
+    placement = result.placement
+    assert placement.n_gpu_layers == -1
+    [rule] = placement.rules
+    assert rule.device == "CPU"
+    pattern = re.compile(rule.pattern)
+    on_cpu = {
+        layer
+        for layer in range(48)
+        for kind in ("up", "gate", "down")
+        if pattern.search(f"blk.{layer}.ffn_{kind}_exps.weight")
+    }
+    assert on_cpu == set(range(48)) - set(result.gpu_expert_layers)
+    assert not pattern.search("blk.3.attn_q.weight")
+    assert not pattern.search("blk.30.ffn_gate_inp.weight")  # the router stays on the GPU
+    assert 0 < result.expert_share_on_gpu < 0.5
+
+
+def test_two_gpus_share_the_expert_layers() -> None:
+    result = plan(shape(QWEN), TWO_GPUS_12_8)
+    devices = {rule.device for rule in result.placement.rules}
+    assert devices == {"CPU", "CUDA0", "CUDA1"}
+    gpu0, gpu1 = result.devices[0], result.devices[1]
+    assert gpu0.weights > gpu1.weights > 0  # the bigger card holds more
+
+
+def test_unified_memory_counts_the_gpu_share_against_ram() -> None:
+    result = plan(shape(GPT_OSS), APPLE_16)
+    ram_budget = APPLE_16.ram_available - Settings().ram_margin  # type: ignore[operator]
+    assert result.gpu_bytes + result.ram_bytes <= ram_budget
+
+
+def _all_plans() -> list[tuple[str, CatalogModel, Plan, MachineProfile]]:
+    plans = []
+    for name, profile in PROFILES.items():
+        for model in CATALOG.values():
+            for quant in model.quants:
+                plans.append(
+                    (name, model, plan(ModelShape.from_catalog(model, quant), profile), profile)
+                )
+    return plans
+
+
+def test_no_plan_exceeds_free_memory_minus_margin() -> None:
+    settings = Settings()
+    for name, model, result, profile in _all_plans():
+        if not result.runs:
+            continue
+        for device in result.devices:
+            assert device.total <= device.budget, (name, model.id, device)
+            if device.device != "CPU":
+                [gpu_info] = [g for g in profile.gpus if g.engine_device == device.device]
+                assert device.budget <= gpu_info.memory_free - settings.gpu_margin  # type: ignore[operator]
+
+
+@pytest.mark.parametrize("model", [QWEN, GPT_OSS, OLMOE], ids=lambda m: m[0])
+def test_more_vram_never_predicts_slower(model: tuple[str, str]) -> None:
+    speeds = []
+    for free in [0.5, 1, 2, 3, 4, 6, 8, 10, 12, 16, 20, 24, 32, 48]:
+        profile = machine(64, 56, (gpu("GPU", free),))
+        speeds.append(plan(shape(model), profile).decode_tokens_per_s)
+    assert speeds == sorted(speeds), speeds
+    assert speeds[-1] > speeds[0]
+
+
+def test_longer_context_costs_memory_and_can_change_the_verdict() -> None:
+    short = plan(shape(QWEN), GPU_24_RAM_64, Settings(n_ctx=4096))
+    long = plan(shape(QWEN), GPU_24_RAM_64, Settings(n_ctx=131072))
+    assert long.devices[0].kv_cache > 20 * short.devices[0].kv_cache
+    assert short.verdict is Verdict.FULL_GPU and long.verdict is Verdict.HYBRID
+
+
+def test_context_is_capped_at_the_models_native_length() -> None:
+    result = plan(shape(OLMOE), LAPTOP_16, Settings(n_ctx=100_000))
+    assert result.n_ctx == 4096
+
+
+def test_ranking_and_recommendation() -> None:
+    ranked = rank(CATALOG.values(), GPU_8_RAM_32)
+    assert ranked[0].plan.decode_tokens_per_s >= 8
+    runs = [c for c in ranked if c.plan.runs]
+    assert runs and ranked[-1].plan.verdict is Verdict.TOO_LARGE  # the 235B cannot
+    result = recommend(CATALOG.values(), LAPTOP_16)
+    assert result is not None
+    best, reason = result
+    assert best.quant.quant not in ("Q2_K", "Q3_K_M")  # a 2-bit 30B is not what we suggest
+    assert best.model.display_name in reason and "tokens/s" in reason
+
+
+def test_nothing_fits_a_tiny_machine() -> None:
+    tiny = machine(2, 1)
+    assert recommend([CATALOG["qwen3-235b-a22b"]], tiny) is None
+
+
+def test_slow_machines_still_get_the_best_that_fits() -> None:
+    slow = machine(64, 56, cores=2, ram_gbs=5)
+    result = recommend([CATALOG[QWEN[0]]], slow)
+    assert result is not None and "Nothing reaches 8 tokens/s" in result[1]
+
+
+def test_catalog_shape_vs_gguf_shape_of_the_same_file(upcycled_moe) -> None:  # type: ignore[no-untyped-def]
+    from engine.gguf_file import read_gguf
+
+    exact = ModelShape.from_gguf(read_gguf(upcycled_moe))
+    assert exact.exact and exact.n_experts == 4 and exact.n_experts_used == 2
+    assert exact.total_bytes == read_gguf(upcycled_moe).tensor_bytes + exact.embedding_bytes
+    assert len(exact.expert_bytes_per_layer) == 30 and min(exact.expert_bytes_per_layer) > 0
+    assert replace(exact, exact=False).expert_bytes == exact.expert_bytes
