@@ -29,6 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.model_manager import LOCAL_MODELS_KEY, ModelManager
 from app.worker import SessionWorker
 from engine.session import SamplingSettings
 from engine.store import Store, StoredMessage
@@ -86,7 +87,7 @@ class ChatWindow(QMainWindow):
     piece_shown = Signal(str)
     reply_done = Signal(dict)
 
-    def __init__(self, store: Store, autoload: bool = True) -> None:
+    def __init__(self, store: Store, autoload: bool = True, first_run_models: bool = False) -> None:
         super().__init__()
         self.store = store
         self.setWindowTitle("MoE Chat")
@@ -108,7 +109,10 @@ class ChatWindow(QMainWindow):
         self._memory_timer.start()
         self._on_memory_timer_timeout()
 
+        self._manager: ModelManager | None = None
         remembered = self.store.get_setting(LAST_MODEL_KEY)
+        if first_run_models and not remembered:
+            QTimer.singleShot(0, self.open_model_manager)
         if remembered and Path(remembered).is_file():
             self.model_label.setText(f"Model: {Path(remembered).name}")
             if autoload:
@@ -147,6 +151,9 @@ class ChatWindow(QMainWindow):
         model_row = QHBoxLayout()
         self.model_label = QLabel(main)
         self.model_label.setObjectName("modelLabel")
+        self.models_button = QPushButton("Models…", main)
+        self.models_button.setToolTip("What runs well on this machine, and your local models")
+        self.models_button.clicked.connect(self.open_model_manager)
         self.open_button = QPushButton("Open model…", main)
         self.open_button.clicked.connect(self._on_open_button_clicked)
         self.load_progress = QProgressBar(main)
@@ -155,6 +162,7 @@ class ChatWindow(QMainWindow):
         self.load_progress.hide()
         model_row.addWidget(self.model_label, 1)
         model_row.addWidget(self.load_progress)
+        model_row.addWidget(self.models_button)
         model_row.addWidget(self.open_button)
         layout.addLayout(model_row)
 
@@ -250,6 +258,23 @@ class ChatWindow(QMainWindow):
     # -- model -----------------------------------------------------------------------------
 
     @Slot()
+    def open_model_manager(self) -> ModelManager:
+        """Show the model manager (one at a time); a model chosen there is loaded here."""
+        if self._manager is None:
+            self._manager = ModelManager(self.store, self)
+            self._manager.model_chosen.connect(self.load_model)
+            self._manager.finished.connect(self._on_manager_finished)
+        self._manager.show()
+        self._manager.raise_()
+        return self._manager
+
+    @Slot()
+    def _on_manager_finished(self) -> None:
+        if self._manager is not None:
+            self._manager.deleteLater()
+            self._manager = None
+
+    @Slot()
     def _on_open_button_clicked(self) -> None:
         start = self.store.get_setting(LAST_MODEL_KEY) or str(Path.home())
         path, _ = QFileDialog.getOpenFileName(
@@ -295,6 +320,8 @@ class ChatWindow(QMainWindow):
             f"context {model['n_ctx']} · {html.escape(model['placement'])}"
         )
         self.store.set_setting(LAST_MODEL_KEY, model["path"])
+        known = [p for p in self.store.get_setting(LOCAL_MODELS_KEY, []) if p != model["path"]]
+        self.store.set_setting(LOCAL_MODELS_KEY, [model["path"], *known])
         self.model_ready.emit(model)
 
     @Slot(str)

@@ -41,7 +41,9 @@ def _install_excepthook() -> None:
         from app.chat_window import ChatWindow
         from engine.errors import MoeChatError
 
-        windows = [w for w in QApplication.topLevelWidgets() if isinstance(w, ChatWindow)]
+        windows = [
+            w for w in QApplication.topLevelWidgets() if isinstance(w, ChatWindow) and w.isVisible()
+        ]
         if isinstance(value, MoeChatError) and windows:
             # An expected failure (a full disk while saving, say) surfacing in a slot.
             log.warning("%s", value)
@@ -94,11 +96,14 @@ def main(argv: list[str] | None = None) -> int:
 
         QMessageBox.critical(None, "MoE Chat cannot start", str(exc))
         return 1
-    window = ChatWindow(store, autoload=args.model is None)
+    window = ChatWindow(store, autoload=args.model is None, first_run_models=args.model is None)
     window.show()
     if args.model:
         window.load_model(args.model)
     code = app.exec()
+    from PySide6.QtCore import QThreadPool
+
+    QThreadPool.globalInstance().waitForDone(10_000)  # background probes still running
     store.close()
     return code
 

@@ -24,3 +24,13 @@ xdotool key Return
 sleep "${SHOT_DELAY:-2.5}"
 import -window root -crop 1200x800+0+0 docs/chat-window.png
 echo "wrote docs/chat-window.png"
+
+# The model manager as a new user first sees it (no model chosen yet).
+kill $app 2>/dev/null || true
+rm -rf "$home"; mkdir -p "$home"
+.venv/bin/moe-chat >/dev/null 2>&1 &
+app=$!
+xdotool search --sync --onlyvisible --name '^Models$' >/dev/null
+sleep "${PROBE_DELAY:-4}"  # machine detection and planning
+import -window root -crop 1040x720+0+0 docs/model-manager.png
+echo "wrote docs/model-manager.png"

@@ -1,0 +1,358 @@
+"""The model manager dialog: the machine, the recommendation, the catalog planned, local models."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import Qt, Signal, Slot
+from PySide6.QtGui import QColor
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QFileDialog,
+    QGroupBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.background import run_in_background
+from engine.catalog import CatalogModel, load_catalog
+from engine.errors import MoeChatError
+from engine.gguf_file import read_gguf
+from engine.hardware import MachineProfile, detect
+from engine.planner import Candidate, ModelShape, Plan, Settings, Verdict, plan, rank, recommend
+from engine.store import Store
+
+LOCAL_MODELS_KEY = "local_models"
+CONTEXT_KEY = "context_length"
+CONTEXTS = (2048, 4096, 8192, 16384, 32768, 65536, 131072)
+VERDICT_COLOURS = {
+    Verdict.FULL_GPU: "#047857",
+    Verdict.HYBRID: "#1d4ed8",
+    Verdict.CPU_ONLY: "#92400e",
+    Verdict.TOO_LARGE: "#b91c1c",
+}
+COLUMNS = ("Model", "Quant", "Size", "Verdict", "Speed", "GPU", "RAM", "Hub repository")
+
+
+def _gb(n_bytes: float) -> str:
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes else "–"
+
+
+def breakdown(result: Plan) -> str:
+    """The memory breakdown and placement of a plan, as tooltip text."""
+    lines = [result.summary(), f"Placement: {result.placement.label}"]
+    for device in result.devices:
+        if not device.total:
+            continue
+        lines.append(
+            f"{device.label}: weights {_gb(device.weights)}, KV cache {_gb(device.kv_cache)}, "
+            f"compute {_gb(device.compute)} (budget {_gb(device.budget)})"
+        )
+    lines.append(
+        f"Prompt about {result.prompt_tokens_per_s:.0f} tokens/s; "
+        f"context {result.n_ctx} tokens"
+        + ("" if result.shape.exact else "; sizes estimated from the catalog")
+    )
+    return "\n".join(lines)
+
+
+def machine_summary(machine: MachineProfile) -> str:
+    cpu = machine.cpu_model or "unknown CPU"
+    cores = f"{machine.physical_cores} cores" if machine.physical_cores else "cores unknown"
+    ram = (
+        f"{machine.ram_total / 1e9:.0f} GB RAM ({(machine.ram_available or 0) / 1e9:.0f} GB free)"
+        if machine.ram_total
+        else "RAM unknown"
+    )
+    bandwidth = (
+        f", ~{machine.ram_bandwidth / 1e9:.0f} GB/s measured" if machine.ram_bandwidth else ""
+    )
+    lines = [f"<b>CPU</b> {html.escape(cpu)}, {cores} · <b>RAM</b> {ram}{bandwidth}"]
+    for gpu in machine.gpus:
+        memory = (
+            f"{(gpu.memory_free or 0) / 1e9:.1f} of {gpu.memory_total / 1e9:.1f} GB free"
+            if gpu.memory_total
+            else "memory unknown"
+        )
+        estimate = " (estimate)" if gpu.memory_is_estimate else ""
+        usable = f"engine device {gpu.engine_device}" if gpu.engine_device else "not usable"
+        lines.append(f"<b>GPU</b> {html.escape(gpu.name)}: {memory}{estimate} · {usable}")
+    if not machine.gpus:
+        lines.append("<b>GPU</b> none found")
+    backends = ", ".join(machine.engine_backends) if machine.engine_backends else "unknown"
+    lines.append(f"<b>Engine backends</b> {backends}")
+    return "<br>".join(lines)
+
+
+class ModelManager(QDialog):
+    """Pick what to run. Emits ``model_chosen`` with a GGUF path for the chat window to load."""
+
+    model_chosen = Signal(str)
+    machine_ready = Signal()
+    predictions_updated = Signal()
+
+    def __init__(self, store: Store, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Models")
+        self.resize(1000, 700)
+        self.store = store
+        self.machine: MachineProfile | None = None
+        self.catalog: list[CatalogModel] = []
+        self.candidates: list[Candidate] = []
+        self._build_ui()
+        try:
+            self.catalog = load_catalog()
+        except MoeChatError as exc:
+            self.recommendation.setText(html.escape(str(exc)))
+        run_in_background(detect, self._on_detect_succeeded, self._on_detect_failed, self)
+
+    # -- construction ----------------------------------------------------------------------
+
+    def _build_ui(self) -> None:
+        layout = QVBoxLayout(self)
+        machine_box = QGroupBox("This machine", self)
+        machine_layout = QVBoxLayout(machine_box)
+        self.machine_label = QLabel("Looking at this machine…", machine_box)
+        self.machine_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.warning_label = QLabel(machine_box)
+        self.warning_label.setObjectName("warningLabel")
+        self.warning_label.setWordWrap(True)
+        self.warning_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.warning_label.hide()
+        machine_layout.addWidget(self.machine_label)
+        machine_layout.addWidget(self.warning_label)
+        layout.addWidget(machine_box)
+
+        self.recommendation = QLabel("Planning…", self)
+        self.recommendation.setObjectName("recommendation")
+        self.recommendation.setWordWrap(True)
+        layout.addWidget(self.recommendation)
+
+        controls = QHBoxLayout()
+        controls.addWidget(QLabel("Context:", self))
+        self.context_combo = QComboBox(self)
+        for n_ctx in CONTEXTS:
+            self.context_combo.addItem(f"{n_ctx // 1024}k tokens", n_ctx)
+        saved = self.store.get_setting(CONTEXT_KEY, 4096)
+        self.context_combo.setCurrentIndex(CONTEXTS.index(saved) if saved in CONTEXTS else 1)
+        self.context_combo.currentIndexChanged.connect(self._on_context_combo_changed)
+        controls.addWidget(self.context_combo)
+        controls.addSpacing(16)
+        controls.addWidget(QLabel("Family:", self))
+        self.family_combo = QComboBox(self)
+        self.family_combo.addItem("All families", "")
+        self.family_combo.currentIndexChanged.connect(self._refill_table)
+        controls.addWidget(self.family_combo)
+        self.fits_only = QCheckBox("Runs here only", self)
+        self.fits_only.setChecked(True)
+        self.fits_only.toggled.connect(self._refill_table)
+        controls.addWidget(self.fits_only)
+        controls.addStretch(1)
+        layout.addLayout(controls)
+
+        self.table = QTableWidget(0, len(COLUMNS), self)
+        self.table.setHorizontalHeaderLabels(COLUMNS)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.verticalHeader().hide()
+        header = self.table.horizontalHeader()
+        header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
+        for column in range(1, len(COLUMNS)):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        layout.addWidget(self.table, 3)
+
+        local_box = QGroupBox("Models on this computer", self)
+        local_layout = QVBoxLayout(local_box)
+        self.local_table = QTableWidget(0, 5, local_box)
+        self.local_table.setHorizontalHeaderLabels(("Model", "File", "Verdict", "Speed", "Size"))
+        self.local_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.local_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.local_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.local_table.verticalHeader().hide()
+        self.local_table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.local_table.itemDoubleClicked.connect(lambda _item: self.load_selected())
+        local_layout.addWidget(self.local_table)
+        buttons = QHBoxLayout()
+        self.open_button = QPushButton("Open local GGUF…", local_box)
+        self.open_button.clicked.connect(self._on_open_button_clicked)
+        self.load_button = QPushButton("Load", local_box)
+        self.load_button.setDefault(True)
+        self.load_button.clicked.connect(self.load_selected)
+        self.local_error = QLabel(local_box)
+        self.local_error.setObjectName("warningLabel")
+        buttons.addWidget(self.open_button)
+        buttons.addWidget(self.local_error, 1)
+        buttons.addWidget(self.load_button)
+        local_layout.addLayout(buttons)
+        layout.addWidget(local_box, 2)
+
+    # -- machine ---------------------------------------------------------------------------
+
+    @Slot(object)
+    def _on_detect_succeeded(self, machine: MachineProfile) -> None:
+        self.machine = machine
+        self.machine_label.setText(machine_summary(machine))
+        warnings = list(machine.notes)
+        hint = machine.reinstall_hint()
+        if machine.unusable_gpus and hint:
+            names = ", ".join(g.name for g in machine.unusable_gpus)
+            warnings.append(
+                f"This engine build cannot use {names}. To use it, reinstall the engine:\n{hint}"
+            )
+        if warnings:
+            self.warning_label.setText("\n".join(warnings))
+            self.warning_label.show()
+        families = sorted({m.family for m in self.catalog})
+        for family in families:
+            self.family_combo.addItem(family, family)
+        self._replan()
+        self.machine_ready.emit()
+
+    @Slot(object)
+    def _on_detect_failed(self, error: BaseException) -> None:
+        self.machine_label.setText(f"This machine could not be examined: {html.escape(str(error))}")
+        self.recommendation.setText("No recommendation without a machine profile.")
+        self.machine_ready.emit()
+
+    # -- predictions -----------------------------------------------------------------------
+
+    @property
+    def settings(self) -> Settings:
+        return Settings(n_ctx=int(self.context_combo.currentData()))
+
+    @Slot()
+    def _on_context_combo_changed(self) -> None:
+        self.store.set_setting(CONTEXT_KEY, int(self.context_combo.currentData()))
+        self._replan()
+
+    def _replan(self) -> None:
+        if self.machine is None:
+            return
+        settings = self.settings
+        self.candidates = rank(self.catalog, self.machine, settings)
+        best = recommend(self.catalog, self.machine, settings)
+        if best is None:
+            self.recommendation.setText(
+                "<b>No catalog model fits this machine.</b> Close other programs or pick a "
+                "shorter context."
+            )
+        else:
+            candidate, reason = best
+            self.recommendation.setText(
+                f"<b>Recommended:</b> {html.escape(reason)}<br>"
+                f"<span style='color:#4b5563'>{html.escape(candidate.model.description)} "
+                f"{html.escape(candidate.plan.summary())}</span>"
+            )
+        self._refill_table()
+        self._refill_local()
+        self.predictions_updated.emit()
+
+    @Slot()
+    def _refill_table(self) -> None:
+        family = self.family_combo.currentData()
+        rows = [
+            c
+            for c in self.candidates
+            if (not family or c.model.family == family)
+            and (not self.fits_only.isChecked() or c.plan.runs)
+        ]
+        self.table.setRowCount(len(rows))
+        for row, candidate in enumerate(rows):
+            p = candidate.plan
+            cells = (
+                candidate.model.display_name,
+                candidate.quant.quant,
+                _gb(candidate.model.size_estimate(candidate.quant)),
+                p.verdict.value,
+                f"{p.decode_tokens_per_s:.0f} tok/s" if p.runs else "–",
+                _gb(p.gpu_bytes),
+                _gb(p.ram_bytes),
+                candidate.quant.repo,
+            )
+            tip = breakdown(p) + f"\n\n{candidate.model.description}"
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(tip)
+                if column == 3:
+                    item.setForeground(QColor(VERDICT_COLOURS[p.verdict]))
+                self.table.setItem(row, column, item)
+
+    # -- local models ----------------------------------------------------------------------
+
+    def local_paths(self) -> list[str]:
+        paths: list[str] = self.store.get_setting(LOCAL_MODELS_KEY, [])
+        return [p for p in paths if Path(p).is_file()]
+
+    def add_local(self, path: str) -> bool:
+        """Check a GGUF with the header reader and remember it; False (and a message) if bad."""
+        try:
+            read_gguf(path)
+        except MoeChatError as exc:
+            self.local_error.setText(str(exc))
+            return False
+        self.local_error.clear()
+        paths = [p for p in self.local_paths() if p != path]
+        self.store.set_setting(LOCAL_MODELS_KEY, [path, *paths])
+        self._refill_local()
+        self.local_table.selectRow(0)
+        return True
+
+    def _refill_local(self) -> None:
+        paths = self.local_paths()
+        self.local_table.setRowCount(len(paths))
+        for row, path in enumerate(paths):
+            try:
+                info = read_gguf(path)
+            except MoeChatError as exc:
+                cells: tuple[str, ...] = (Path(path).name, path, str(exc), "–", "–")
+                tip = str(exc)
+            else:
+                predicted: Any = None
+                if self.machine is not None:
+                    predicted = plan(ModelShape.from_gguf(info), self.machine, self.settings)
+                cells = (
+                    info.name,
+                    path,
+                    predicted.verdict.value if predicted else "…",
+                    f"{predicted.decode_tokens_per_s:.0f} tok/s"
+                    if predicted and predicted.runs
+                    else "–",
+                    _gb(info.file_size),
+                )
+                tip = breakdown(predicted) if predicted else path
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                item.setToolTip(tip)
+                item.setData(Qt.ItemDataRole.UserRole, path)
+                self.local_table.setItem(row, column, item)
+
+    @Slot()
+    def _on_open_button_clicked(self) -> None:
+        path, _ = QFileDialog.getOpenFileName(
+            self, "Open a GGUF model", str(Path.home()), "GGUF models (*.gguf);;All files (*)"
+        )
+        if path:
+            self.add_local(path)
+
+    @Slot()
+    def load_selected(self) -> None:
+        rows = self.local_table.selectionModel().selectedRows()
+        if not rows:
+            self.local_error.setText("Select a model to load, or open a local GGUF file.")
+            return
+        item = self.local_table.item(rows[0].row(), 0)
+        if item is None:
+            return
+        self.model_chosen.emit(str(item.data(Qt.ItemDataRole.UserRole)))
+        self.accept()

@@ -1,0 +1,93 @@
+"""The model manager dialog on this machine: machine, recommendation, live predictions, loading."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from PySide6.QtCore import Qt
+from PySide6.QtWidgets import QAbstractItemView
+from pytestqt.qtbot import QtBot
+
+from app.chat_window import ChatWindow
+from app.model_manager import LOCAL_MODELS_KEY, ModelManager
+from engine.store import Store
+
+TIMEOUT_MS = 60_000
+
+
+def open_manager(qtbot: QtBot) -> tuple[ChatWindow, ModelManager]:
+    window = ChatWindow(Store(), autoload=False)
+    qtbot.addWidget(window)
+    window.show()
+    manager = window.open_model_manager()
+    with qtbot.waitSignal(manager.machine_ready, timeout=TIMEOUT_MS):
+        pass
+    return window, manager
+
+
+def close(window: ChatWindow) -> None:
+    window.close()
+    window.store.close()
+
+
+def column(table: QAbstractItemView, index: int) -> list[str]:
+    return [table.item(row, index).text() for row in range(table.rowCount())]  # type: ignore[attr-defined]
+
+
+def test_shows_the_machine_and_a_recommendation(qtbot: QtBot) -> None:
+    window, manager = open_manager(qtbot)
+    machine = manager.machine_label.text()
+    assert "CPU" in machine and "RAM" in machine and "Engine backends" in machine
+    assert "CPU" in machine.split("Engine backends")[1]
+    assert manager.recommendation.text().startswith("<b>Recommended:</b> ")
+    assert "tokens/s" in manager.recommendation.text()
+    rows = manager.table.rowCount()
+    assert rows > 5
+    assert "Too large for this machine" not in column(manager.table, 3)  # "runs here only"
+    manager.fits_only.setChecked(False)
+    assert manager.table.rowCount() > rows
+    assert "Too large for this machine" in column(manager.table, 3)
+    tip = manager.table.item(0, 0).toolTip()
+    assert "Placement:" in tip and "weights" in tip and "KV cache" in tip
+    close(window)
+
+
+def test_context_length_changes_every_prediction(qtbot: QtBot) -> None:
+    window, manager = open_manager(qtbot)
+    manager.fits_only.setChecked(False)
+    before = column(manager.table, 6)  # RAM per model
+    with qtbot.waitSignal(manager.predictions_updated):
+        manager.context_combo.setCurrentIndex(manager.context_combo.findData(131072))
+    after = column(manager.table, 6)
+    assert before != after
+    assert window.store.get_setting("context_length") == 131072
+    close(window)
+
+
+def test_family_filter(qtbot: QtBot) -> None:
+    window, manager = open_manager(qtbot)
+    manager.fits_only.setChecked(False)
+    manager.family_combo.setCurrentIndex(manager.family_combo.findData("Mixtral"))
+    assert set(column(manager.table, 0)) == {"Mixtral-8x7B-Instruct-v0.1"}
+    close(window)
+
+
+def test_loading_a_local_model_from_the_dialog_starts_the_chat(
+    qtbot: QtBot, synthetic_model: Path, tmp_path: Path
+) -> None:
+    window, manager = open_manager(qtbot)
+    bad = tmp_path / "broken.gguf"
+    bad.write_bytes(synthetic_model.read_bytes()[:5000])
+    assert not manager.add_local(str(bad))
+    assert "incomplete" in manager.local_error.text()
+    assert manager.add_local(str(synthetic_model))
+    assert manager.local_table.rowCount() == 1
+    assert manager.local_table.item(0, 2).text() == "CPU only"  # planned from its header
+    with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT_MS) as loaded:
+        qtbot.mouseClick(manager.load_button, Qt.MouseButton.LeftButton)
+    assert loaded.args[0]["path"] == str(synthetic_model)
+    assert window.store.get_setting(LOCAL_MODELS_KEY) == [str(synthetic_model)]
+    with qtbot.waitSignal(window.reply_done, timeout=TIMEOUT_MS):
+        window.input.setPlainText("hello")
+        window.send()
+    close(window)
