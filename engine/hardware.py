@@ -146,7 +146,8 @@ def probe_engine(
     return None
 
 
-def _engine_probe_main() -> None:
+def engine_view() -> dict[str, Any]:
+    """What ``probe_engine`` reports, asked in this process (the engine must load here)."""
     from engine.devices import compiled_backends, list_devices
     from engine.native import llama_cpp
 
@@ -157,15 +158,15 @@ def _engine_probe_main() -> None:
         for name, on in re.findall(r"(\w+) = (\d)", info)
         if on == "1" and name.lower() not in build_flags
     )
-    print(
-        json.dumps(
-            {
-                "backends": compiled_backends(),
-                "devices": [asdict(d) for d in list_devices()],
-                "cpu_features": features,
-            }
-        )
-    )
+    return {
+        "backends": compiled_backends(),
+        "devices": [asdict(d) for d in list_devices()],
+        "cpu_features": features,
+    }
+
+
+def _engine_probe_main() -> None:
+    print(json.dumps(engine_view()))
 
 
 # -- vendor probes ---------------------------------------------------------------------------
@@ -345,6 +346,7 @@ def detect(
     engine: dict[str, Any] | bool | None = True,
     sysfs_root: Path = Path("/sys/class/drm"),
     measure_bandwidth: bool = True,
+    include_remote: bool = False,
 ) -> MachineProfile:
     """Probe this machine.
 
@@ -353,6 +355,8 @@ def detect(
             already-probed result (None meaning the probe failed).
         sysfs_root: where Linux lists GPUs (tests point it elsewhere).
         measure_bandwidth: run (or reuse) the RAM bandwidth probe.
+        include_remote: count GPUs the engine reaches over RPC (for planning a load; the
+            machine summary shows local hardware only).
     """
     notes: list[str] = []
     memory = psutil.virtual_memory()
@@ -378,7 +382,7 @@ def detect(
             engine_device=d["name"],
         )
         for d in (probed or {}).get("devices", [])
-        if d["kind"] in ("GPU", "iGPU") and not d["name"].startswith("RPC")
+        if d["kind"] in ("GPU", "iGPU") and (include_remote or not d["name"].startswith("RPC"))
     ]
     vendor_gpus = probe_nvml() or probe_apple(ram_total) or probe_sysfs(sysfs_root) or []
     gpus = list(engine_gpus)

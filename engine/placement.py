@@ -54,36 +54,3 @@ class Placement:
             rules=(TensorRule(EXPERT_TENSORS, "CPU"),),
             label="GPU, experts in RAM",
         )
-
-
-def first_fit(
-    tensor_bytes: int,
-    expert_bytes: int,
-    kv_bytes: int,
-    gpu_name: str | None,
-    gpu_free: int | None,
-    margin: int = 1 << 30,
-) -> Placement:
-    """A placement that fits one GPU, tried from fastest to slowest.
-
-    Everything on the GPU if it fits; else everything but the routed experts (the always-read
-    weights and the KV cache are what every token reads); else the CPU alone. ``margin``
-    leaves room for compute buffers and the desktop. This is the coarse default the window
-    uses until the planner chooses whole expert layers by read density.
-
-    Args:
-        tensor_bytes: all weights of the model.
-        expert_bytes: the routed-expert weights among them.
-        kv_bytes: the KV cache at the context size that will be used.
-        gpu_name: the engine's name for the GPU, or None when there is none.
-        gpu_free: its free memory in bytes, or None when unknown.
-        margin: bytes kept free on the GPU.
-    """
-    if gpu_name is None or not gpu_free:
-        return Placement.cpu_only()
-    budget = gpu_free - margin
-    if tensor_bytes + kv_bytes <= budget:
-        return Placement.all_on_gpu()
-    if expert_bytes and tensor_bytes - expert_bytes + kv_bytes <= budget:
-        return Placement.experts_on_cpu()
-    return Placement.cpu_only()

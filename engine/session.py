@@ -24,9 +24,9 @@ import psutil
 from engine import engine_log
 from engine.devices import TensorOverrides, list_devices
 from engine.errors import GenerationError, ModelLoadError
-from engine.gguf_file import GGUFInfo, Role, read_gguf
+from engine.gguf_file import GGUFInfo, read_gguf
 from engine.native import llama_cpp
-from engine.placement import Placement, first_fit
+from engine.placement import Placement
 
 # Used when a GGUF carries no chat template; the same ChatML fallback llama.cpp uses.
 CHATML_TEMPLATE = (
@@ -103,19 +103,15 @@ def memory_snapshot() -> tuple[int, dict[str, tuple[int, int]]]:
 
 
 def auto_placement(info: GGUFInfo, settings: LoadSettings) -> Placement:
-    """The coarse default split for this machine: see ``placement.first_fit``."""
-    gpus = [d for d in list_devices() if d.is_gpu and d.memory_free]
-    gpu = max(gpus, key=lambda d: d.memory_free or 0, default=None)
+    """The planner's placement for this file on this machine (CPU only if nothing fits)."""
+    from engine.hardware import detect, engine_view
+    from engine.planner import ModelShape, plan
+    from engine.planner import Settings as PlanSettings
+
+    machine = detect(engine=engine_view(), measure_bandwidth=False, include_remote=True)
     n_ctx = settings.n_ctx or info.context_length
-    if info.context_length:
-        n_ctx = min(n_ctx, info.context_length)
-    return first_fit(
-        tensor_bytes=info.tensor_bytes,
-        expert_bytes=info.bytes_by_role()[Role.ROUTED_EXPERTS],
-        kv_bytes=info.kv_cache_bytes(n_ctx),
-        gpu_name=gpu.name if gpu else None,
-        gpu_free=gpu.memory_free if gpu else None,
-    )
+    result = plan(ModelShape.from_gguf(info), machine, PlanSettings(n_ctx=n_ctx))
+    return result.placement if result.runs else Placement.cpu_only()
 
 
 def default_threads() -> int:
