@@ -74,6 +74,7 @@ def capture() -> Iterator[list[tuple[int, str]]]:
 
 _MODEL_BUFFER = re.compile(r"load_tensors:\s+(.+?) model buffer size =\s+([\d.]+) MiB")
 _KV_BUFFER = re.compile(r"llama_kv_cache:\s+(.+?) KV buffer size =\s+([\d.]+) MiB")
+_KV_TOTAL = re.compile(r"llama_kv_cache: size =\s+([\d.]+) MiB")
 _COMPUTE_BUFFER = re.compile(r"sched_reserve:\s+(.+?) compute buffer size =\s+([\d.]+) MiB")
 _MIB = 1024 * 1024
 
@@ -85,6 +86,7 @@ class LoadReport:
     model_buffers: dict[str, int] = field(default_factory=dict)
     kv_buffers: dict[str, int] = field(default_factory=dict)
     compute_buffers: dict[str, int] = field(default_factory=dict)
+    kv_total: int = 0  # all devices together; the only KV figure a dry run reports
     errors: list[str] = field(default_factory=list)
 
 
@@ -100,6 +102,7 @@ def parse_load_log(lines: list[tuple[int, str]]) -> LoadReport:
         for match in pattern.finditer(text):
             name = match.group(1).strip()
             target[name] = target.get(name, 0) + round(float(match.group(2)) * _MIB)
+    report.kv_total = sum(round(float(m.group(1)) * _MIB) for m in _KV_TOTAL.finditer(text))
     report.errors = [
         piece.strip() for level, piece in lines if level == LOG_ERROR and piece.strip()
     ]

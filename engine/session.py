@@ -126,6 +126,9 @@ class Session:
         placement: where tensors go; CPU only by default, ``"auto"`` for ``auto_placement``.
         settings: context size, batch sizes, threads.
         on_progress: called with 0..1 while weights load; return False to abort the load.
+        dry_run: reserve nothing, read no weights; only measure what KV cache and compute
+            buffers would take (``load_report``). The engine aborts the process on some
+            dry-run failures, so use ``engine.dryrun.dry_run``, which runs this in a child.
 
     Raises:
         ModelFileError: the file is not a usable GGUF (from the header check).
@@ -138,8 +141,10 @@ class Session:
         placement: Placement | Literal["auto"] | None = None,
         settings: LoadSettings | None = None,
         on_progress: Callable[[float], bool] | None = None,
+        dry_run: bool = False,
     ) -> None:
         self.settings = settings or LoadSettings()
+        self.dry_run = dry_run
         self.info: GGUFInfo = read_gguf(path)
         self.path = self.info.path  # the first part of a split model is what the engine loads
         if placement == "auto":
@@ -149,7 +154,8 @@ class Session:
         self._model: Any = None
         self._ctx: Any = None
         self._cached: list[int] = []  # tokens whose keys/values are in the context's memory
-        self._check_fits()
+        if not dry_run:
+            self._check_fits()
         self._load(on_progress)
 
     # -- loading ---------------------------------------------------------------------------
@@ -174,8 +180,11 @@ class Session:
         params = ll.llama_model_default_params()
         params.n_gpu_layers = self.placement.n_gpu_layers
         params.load_mode = (
-            ll.LLAMA_LOAD_MODE_MMAP if self.placement.use_mmap else ll.LLAMA_LOAD_MODE_NONE
+            ll.LLAMA_LOAD_MODE_MMAP
+            if self.placement.use_mmap and not self.dry_run
+            else ll.LLAMA_LOAD_MODE_NONE  # a dry run aborts the process in any other mode
         )
+        params.no_alloc = self.dry_run
         address = self._overrides.address
         if address is not None:
             params.tensor_buft_overrides = address
