@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.model_manager import LOCAL_MODELS_KEY, ModelManager
+from app.model_manager import LOCAL_MODELS_KEY, MEASURED_KEY, ModelManager
 from app.worker import SessionWorker
 from engine.session import SamplingSettings
 from engine.store import Store, StoredMessage
@@ -322,6 +322,9 @@ class ChatWindow(QMainWindow):
         self.store.set_setting(LAST_MODEL_KEY, model["path"])
         known = [p for p in self.store.get_setting(LOCAL_MODELS_KEY, []) if p != model["path"]]
         self.store.set_setting(LOCAL_MODELS_KEY, [model["path"], *known])
+        measured = self.store.get_setting(MEASURED_KEY, {})
+        measured[model["path"]] = model["measured"]
+        self.store.set_setting(MEASURED_KEY, measured)
         self.model_ready.emit(model)
 
     @Slot(str)
@@ -502,6 +505,11 @@ class ChatWindow(QMainWindow):
     def _on_worker_reply_finished(self, stats: dict[str, Any]) -> None:
         if self._reply_id is not None:
             self.store.finish_reply(self._reply_id, self._reply_text, stats)
+            if self._model is not None and stats.get("generated_tokens", 0) > 8:
+                measured = self.store.get_setting(MEASURED_KEY, {})
+                entry = measured.setdefault(self._model["path"], {})
+                entry["generation_tokens_per_s"] = stats["generation_tokens_per_s"]
+                self.store.set_setting(MEASURED_KEY, measured)
         self._reply_id = None
         self._set_generating(False)
         self.speed_label.setText(f"{stats['generation_tokens_per_s']:.1f} tok/s")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from engine.planner import Candidate, ModelShape, Plan, Settings, Verdict, plan,
 from engine.store import Store
 
 LOCAL_MODELS_KEY = "local_models"
+MEASURED_KEY = "measured_models"  # path: what the engine reported when it was last loaded
 CONTEXT_KEY = "context_length"
 CONTEXTS = (2048, 4096, 8192, 16384, 32768, 65536, 131072)
 VERDICT_COLOURS = {
@@ -101,6 +103,7 @@ class ModelManager(QDialog):
     model_chosen = Signal(str)
     machine_ready = Signal()
     predictions_updated = Signal()
+    memory_checked = Signal(str)
 
     def __init__(self, store: Store, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -174,18 +177,28 @@ class ModelManager(QDialog):
 
         local_box = QGroupBox("Models on this computer", self)
         local_layout = QVBoxLayout(local_box)
-        self.local_table = QTableWidget(0, 5, local_box)
-        self.local_table.setHorizontalHeaderLabels(("Model", "File", "Verdict", "Speed", "Size"))
+        self.local_table = QTableWidget(0, 6, local_box)
+        self.local_table.setHorizontalHeaderLabels(
+            ("Model", "File", "Verdict", "Predicted", "Measured", "Size")
+        )
         self.local_table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.local_table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.local_table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
         self.local_table.verticalHeader().hide()
         self.local_table.horizontalHeader().setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
         self.local_table.itemDoubleClicked.connect(lambda _item: self.load_selected())
+        self.local_table.itemSelectionChanged.connect(self._on_local_table_selection_changed)
         local_layout.addWidget(self.local_table)
+        self.details = QLabel(local_box)
+        self.details.setWordWrap(True)
+        self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        local_layout.addWidget(self.details)
         buttons = QHBoxLayout()
         self.open_button = QPushButton("Open local GGUF…", local_box)
         self.open_button.clicked.connect(self._on_open_button_clicked)
+        self.check_button = QPushButton("Check memory", local_box)
+        self.check_button.setToolTip("Ask the engine what it would reserve, without loading")
+        self.check_button.clicked.connect(self.check_selected)
         self.load_button = QPushButton("Load", local_box)
         self.load_button.setDefault(True)
         self.load_button.clicked.connect(self.load_selected)
@@ -193,6 +206,7 @@ class ModelManager(QDialog):
         self.local_error.setObjectName("warningLabel")
         buttons.addWidget(self.open_button)
         buttons.addWidget(self.local_error, 1)
+        buttons.addWidget(self.check_button)
         buttons.addWidget(self.load_button)
         local_layout.addLayout(buttons)
         layout.addWidget(local_box, 2)
@@ -308,19 +322,25 @@ class ModelManager(QDialog):
         self.local_table.selectRow(0)
         return True
 
+    def _local_plan(self, path: str) -> Plan | None:
+        if self.machine is None:
+            return None
+        return plan(ModelShape.from_gguf(read_gguf(path)), self.machine, self.settings)
+
     def _refill_local(self) -> None:
         paths = self.local_paths()
+        measured_all: dict[str, Any] = self.store.get_setting(MEASURED_KEY, {})
         self.local_table.setRowCount(len(paths))
         for row, path in enumerate(paths):
             try:
                 info = read_gguf(path)
+                predicted = self._local_plan(path)
             except MoeChatError as exc:
-                cells: tuple[str, ...] = (Path(path).name, path, str(exc), "–", "–")
+                cells: tuple[str, ...] = (Path(path).name, path, str(exc), "–", "–", "–")
                 tip = str(exc)
             else:
-                predicted: Any = None
-                if self.machine is not None:
-                    predicted = plan(ModelShape.from_gguf(info), self.machine, self.settings)
+                measured = measured_all.get(path, {})
+                speed = measured.get("generation_tokens_per_s")
                 cells = (
                     info.name,
                     path,
@@ -328,6 +348,7 @@ class ModelManager(QDialog):
                     f"{predicted.decode_tokens_per_s:.0f} tok/s"
                     if predicted and predicted.runs
                     else "–",
+                    f"{speed:.0f} tok/s" if speed else "not loaded yet",
                     _gb(info.file_size),
                 )
                 tip = breakdown(predicted) if predicted else path
@@ -336,6 +357,68 @@ class ModelManager(QDialog):
                 item.setToolTip(tip)
                 item.setData(Qt.ItemDataRole.UserRole, path)
                 self.local_table.setItem(row, column, item)
+
+    def selected_path(self) -> str | None:
+        rows = self.local_table.selectionModel().selectedRows()
+        item = self.local_table.item(rows[0].row(), 0) if rows else None
+        return str(item.data(Qt.ItemDataRole.UserRole)) if item is not None else None
+
+    @Slot()
+    def _on_local_table_selection_changed(self) -> None:
+        path = self.selected_path()
+        self.details.setText(self.comparison(path) if path else "")
+
+    def comparison(self, path: str, dry: Any = None) -> str:
+        """Predicted memory per device, beside the dry run's and the last real load's."""
+        try:
+            predicted = self._local_plan(path)
+        except MoeChatError as exc:
+            return str(exc)
+        if predicted is None:
+            return ""
+        measured = self.store.get_setting(MEASURED_KEY, {}).get(path, {}).get("devices", {})
+        lines = [f"{predicted.placement.label}, context {predicted.n_ctx}:"]
+        for device in predicted.devices:
+            if not device.total:
+                continue
+            line = f"{device.device}: predicted {_gb(device.total)}"
+            if dry is not None:
+                dry_bytes = (
+                    device.weights
+                    + (dry.kv_total if device.kv_cache else 0)
+                    + sum(v for k, v in dry.compute_buffers.items() if k.startswith(device.device))
+                )
+                line += f", dry run {_gb(dry_bytes)}"
+            if device.device in measured:
+                line += f", measured {_gb(measured[device.device])} at the last load"
+            lines.append(line)
+        return "\n".join(lines)
+
+    @Slot()
+    def check_selected(self) -> None:
+        """Run the engine's memory dry run for the selected model, off the GUI thread."""
+        path = self.selected_path()
+        predicted = self._local_plan(path) if path else None
+        if path is None or predicted is None:
+            self.local_error.setText("Select a model to check.")
+            return
+        from engine.dryrun import dry_run
+
+        self.check_button.setEnabled(False)
+        self.details.setText(self.comparison(path) + "\nAsking the engine…")
+
+        def done(report: Any) -> None:
+            self.check_button.setEnabled(True)
+            self.details.setText(self.comparison(path, report))
+            self.memory_checked.emit(path)
+
+        def failed(error: BaseException) -> None:
+            self.check_button.setEnabled(True)
+            self.details.setText(self.comparison(path) + f"\nThe check failed: {error}")
+            self.memory_checked.emit(path)
+
+        placement = replace(predicted.placement, use_mmap=False)
+        run_in_background(lambda: dry_run(path, placement, predicted.n_ctx), done, failed, self)
 
     @Slot()
     def _on_open_button_clicked(self) -> None:
@@ -347,12 +430,9 @@ class ModelManager(QDialog):
 
     @Slot()
     def load_selected(self) -> None:
-        rows = self.local_table.selectionModel().selectedRows()
-        if not rows:
+        path = self.selected_path()
+        if path is None:
             self.local_error.setText("Select a model to load, or open a local GGUF file.")
             return
-        item = self.local_table.item(rows[0].row(), 0)
-        if item is None:
-            return
-        self.model_chosen.emit(str(item.data(Qt.ItemDataRole.UserRole)))
+        self.model_chosen.emit(path)
         self.accept()

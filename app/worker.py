@@ -10,11 +10,22 @@ from typing import Any
 from PySide6.QtCore import QObject, Signal, Slot
 
 from engine.errors import MoeChatError
-from engine.session import LoadSettings, SamplingSettings, Session
+from engine.session import LoadSettings, SamplingSettings, Session, memory_snapshot
 
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 0.05
+
+
+def measured_memory(session: Session) -> dict[str, Any]:
+    """Bytes per device the engine reported for this load, and the process RSS after it."""
+    report = session.load_report
+    devices: dict[str, int] = {}
+    for buffers in (report.model_buffers, report.kv_buffers, report.compute_buffers):
+        for name, size in buffers.items():
+            device = "CPU" if name.startswith("CPU") else name.split("[")[0].split("_")[0]
+            devices[device] = devices.get(device, 0) + size
+    return {"devices": devices, "rss": memory_snapshot()[0], "n_ctx": session.n_ctx}
 
 
 def describe_error(exc: BaseException) -> str:
@@ -74,6 +85,7 @@ class SessionWorker(QObject):
                 "n_experts_used": info.n_experts_used,
                 "n_ctx": session.n_ctx,
                 "placement": session.placement.label,
+                "measured": measured_memory(session),
             }
         )
 

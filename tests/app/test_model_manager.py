@@ -91,3 +91,26 @@ def test_loading_a_local_model_from_the_dialog_starts_the_chat(
         window.input.setPlainText("hello")
         window.send()
     close(window)
+
+
+def test_predicted_vs_dry_run_vs_measured_for_a_local_model(
+    qtbot: QtBot, smollm2: Path
+) -> None:
+    window, manager = open_manager(qtbot)
+    assert manager.add_local(str(smollm2))
+    with qtbot.waitSignal(manager.memory_checked, timeout=TIMEOUT_MS):
+        qtbot.mouseClick(manager.check_button, Qt.MouseButton.LeftButton)
+    details = manager.details.text()
+    assert "CPU: predicted" in details and "dry run" in details
+    with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT_MS):
+        qtbot.mouseClick(manager.load_button, Qt.MouseButton.LeftButton)
+    with qtbot.waitSignal(window.reply_done, timeout=TIMEOUT_MS):
+        window.input.setPlainText("Name three colours.")
+        window.send()
+    again = window.open_model_manager()
+    with qtbot.waitSignal(again.machine_ready, timeout=TIMEOUT_MS):
+        pass
+    again.local_table.selectRow(0)
+    assert again.local_table.item(0, 4).text().endswith("tok/s")  # measured speed
+    assert "measured" in again.details.text() and "at the last load" in again.details.text()
+    close(window)
