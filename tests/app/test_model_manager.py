@@ -93,9 +93,7 @@ def test_loading_a_local_model_from_the_dialog_starts_the_chat(
     close(window)
 
 
-def test_predicted_vs_dry_run_vs_measured_for_a_local_model(
-    qtbot: QtBot, smollm2: Path
-) -> None:
+def test_predicted_vs_dry_run_vs_measured_for_a_local_model(qtbot: QtBot, smollm2: Path) -> None:
     window, manager = open_manager(qtbot)
     assert manager.add_local(str(smollm2))
     with qtbot.waitSignal(manager.memory_checked, timeout=TIMEOUT_MS):
