@@ -15,13 +15,17 @@ import argparse
 import statistics
 import sys
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench.generation import bare, ours
 from engine.devices import compiled_backends, list_devices
-from engine.placement import EXPERT_TENSORS, Placement, TensorRule
+from engine.gguf_file import read_gguf
+from engine.hardware import detect
+from engine.placement import Placement
+from engine.planner import ModelShape, Settings, compute_buffer_bytes, plan
 from engine.session import LoadSettings, SamplingSettings, Session
 from engine.synthetic import SyntheticSpec, build_synthetic_moe
 
@@ -77,25 +81,46 @@ def main() -> None:
                 expert_ffn=512,
             ),
         )
-        placements = [
-            Placement.cpu_only(),
-            Placement.all_on_gpu(),
-            Placement.experts_on_cpu(),
-            Placement(
-                n_gpu_layers=-1,
-                rules=(TensorRule(EXPERT_TENSORS, "CPU"),),
-                use_mmap=False,
-                label="GPU, experts in RAM, no mmap",
+        # The planner chooses each placement for a machine shaped to force it, and its
+        # predictions are printed beside the measurements.
+        machine = detect()
+        shape = ModelShape.from_gguf(read_gguf(model))
+        settings = Settings(n_ctx=2048)
+        gpu_info = machine.usable_gpus[0]
+        tight = (
+            shape.gpu_always_bytes + shape.kv_bytes(2048) + compute_buffer_bytes(shape, settings)
+        )
+        tight_free = int((tight + settings.gpu_margin) / 0.95) + 2**20
+        scenarios = [
+            ("CPU only", replace(machine, gpus=()), settings),
+            ("all on the GPU", machine, settings),
+            (
+                "experts in RAM (mmap)",
+                replace(machine, gpus=(replace(gpu_info, memory_free=tight_free),)),
+                settings,
+            ),
+            (
+                "experts in RAM (no mmap)",
+                replace(machine, gpus=(replace(gpu_info, memory_free=tight_free),)),
+                replace(settings, use_mmap=False),
             ),
         ]
+        print(
+            f"host RAM bandwidth {(machine.ram_bandwidth or 0) / 1e9:.0f} GB/s measured, "
+            f"{machine.physical_cores} cores"
+        )
         baseline = None
-        for placement in placements:
-            result = measure(model, placement, args.tokens, args.rounds)
+        for name, profile, plan_settings in scenarios:
+            planned = plan(shape, profile, plan_settings)
+            result = measure(model, planned.placement, args.tokens, args.rounds)
             baseline = baseline or result["text"]
             same = "same reply" if result["text"] == baseline else "reply differs from CPU"
             print(
-                f"{placement.label:32s} prompt {result['prompt']:8.1f} tok/s  "
-                f"gen {result['gen']:7.1f} tok/s  {same}\n    {result['buffers']}"
+                f"{name:26s} ({planned.placement.label})\n"
+                f"    prompt {result['prompt']:8.1f} tok/s (predicted "
+                f"{planned.prompt_tokens_per_s:8.1f})  gen {result['gen']:7.1f} tok/s "
+                f"(predicted {planned.decode_tokens_per_s:7.1f})  {same}\n"
+                f"    {result['buffers']}"
             )
         session = Session(model, Placement.all_on_gpu(), LoadSettings(n_ctx=2048))
         ll = session._ll
