@@ -12,6 +12,7 @@ from engine.hardware import MachineProfile
 from engine.planner import ModelShape, Plan, Settings, Verdict, plan, rank, recommend
 from tests.helpers.machines import (
     APPLE_16,
+    GIB,
     GPU_8_RAM_32,
     GPU_24_RAM_64,
     LAPTOP_16,
@@ -174,3 +175,29 @@ def test_catalog_shape_vs_gguf_shape_of_the_same_file(upcycled_moe) -> None:  # 
     assert exact.gpu_always_bytes == exact.always_bytes + exact.embedding_bytes
     assert len(exact.expert_bytes_per_layer) == 30 and min(exact.expert_bytes_per_layer) > 0
     assert replace(exact, exact=False).expert_bytes == exact.expert_bytes
+
+
+def test_speed_model_reproduces_the_h100_measurements_in_tech_notes() -> None:
+    # TECH-NOTES: a Qwen3-30B-A3B-shaped GGUF, all Q4_0, 16.0 GiB, on an H100 host whose
+    # RAM our copy probe measures at 71 GB/s (bench/placements.py, 2026-11-22).
+    # llama-bench tg128: CPU only 28.9 (no GPU visible), all on GPU 320, experts on CPU 33.4.
+    total = 16 * GIB
+    experts = int(total * 28.99 / 30.5)
+    shape = ModelShape(
+        name="qwen3-30b-shape", quant="Q4_0", n_layers=48, n_experts=128, n_experts_used=8,
+        n_kv_heads=4, head_dim=128, context_length=262144, n_embd=2048, n_vocab=151936,
+        always_bytes=total - experts, embedding_bytes=0, tied_output=False,
+        expert_bytes_per_layer=(experts // 48,) * 48, active_params=3.3e9, exact=True,
+    )  # fmt: skip
+    host = machine(128, 120, cores=16, ram_gbs=71)
+    h100 = gpu("NVIDIA H100 80GB HBM3", 79, gbs=3350)
+    settings = Settings(n_ctx=512)
+    cpu = plan(shape, host, settings)
+    full = plan(shape, replace(host, gpus=(h100,)), settings)
+    always = shape.always_bytes + shape.kv_bytes(512) + 600 * 2**20
+    tight = replace(h100, memory_free=int((always + settings.gpu_margin) / 0.95) + 2**20)
+    experts_cpu = plan(shape, replace(host, gpus=(tight,)), settings)
+    assert experts_cpu.gpu_expert_layers == ()
+    assert cpu.decode_tokens_per_s == pytest.approx(28.9, rel=0.15)
+    assert full.decode_tokens_per_s == pytest.approx(320, rel=0.15)
+    assert experts_cpu.decode_tokens_per_s == pytest.approx(33.4, rel=0.15)
