@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.model_manager import LOCAL_MODELS_KEY, MEASURED_KEY, ModelManager
+from app.model_manager import CONTEXT_KEY, LOCAL_MODELS_KEY, MEASURED_KEY, ModelManager
 from app.worker import SessionWorker
 from engine.session import SamplingSettings
 from engine.store import Store, StoredMessage
@@ -79,7 +79,7 @@ class _EnterToSend(QObject):
 class ChatWindow(QMainWindow):
     """Main window. Holds no business logic: the Store keeps data, the worker runs the model."""
 
-    load_requested = Signal(str)
+    load_requested = Signal(str, int)  # path, context length
     generate_requested = Signal(list, dict)
     # Re-emitted on the GUI thread once the window has shown them (panels and tests listen here).
     model_ready = Signal(dict)
@@ -291,7 +291,7 @@ class ChatWindow(QMainWindow):
         if self._generating:
             self.stop()
         self.error_banner.hide()
-        self.load_requested.emit(path)
+        self.load_requested.emit(path, int(self.store.get_setting(CONTEXT_KEY, 4096)))
 
     @Slot(str)
     def _on_worker_load_started(self, path: str) -> None:

@@ -29,7 +29,7 @@ from PySide6.QtWidgets import (
 from app.background import run_in_background
 from engine.catalog import CatalogModel, load_catalog
 from engine.errors import MoeChatError
-from engine.gguf_file import read_gguf
+from engine.gguf_file import GGUFInfo, read_gguf
 from engine.hardware import MachineProfile, detect
 from engine.planner import Candidate, ModelShape, Plan, Settings, Verdict, plan, rank, recommend
 from engine.store import Store
@@ -113,6 +113,7 @@ class ModelManager(QDialog):
         self.machine: MachineProfile | None = None
         self.catalog: list[CatalogModel] = []
         self.candidates: list[Candidate] = []
+        self._headers: dict[tuple[str, int, int], GGUFInfo] = {}
         self._build_ui()
         try:
             self.catalog = load_catalog()
@@ -311,7 +312,7 @@ class ModelManager(QDialog):
     def add_local(self, path: str) -> bool:
         """Check a GGUF with the header reader and remember it; False (and a message) if bad."""
         try:
-            read_gguf(path)
+            self._info(path)
         except MoeChatError as exc:
             self.local_error.setText(str(exc))
             return False
@@ -322,10 +323,18 @@ class ModelManager(QDialog):
         self.local_table.selectRow(0)
         return True
 
+    def _info(self, path: str) -> GGUFInfo:
+        """The header of a local model, read once per file version (a re-plan re-reads none)."""
+        stat = Path(path).stat() if Path(path).exists() else None
+        key = (path, stat.st_mtime_ns if stat else 0, stat.st_size if stat else 0)
+        if key not in self._headers:
+            self._headers[key] = read_gguf(path)
+        return self._headers[key]
+
     def _local_plan(self, path: str) -> Plan | None:
         if self.machine is None:
             return None
-        return plan(ModelShape.from_gguf(read_gguf(path)), self.machine, self.settings)
+        return plan(ModelShape.from_gguf(self._info(path)), self.machine, self.settings)
 
     def _refill_local(self) -> None:
         paths = self.local_paths()
@@ -333,7 +342,7 @@ class ModelManager(QDialog):
         self.local_table.setRowCount(len(paths))
         for row, path in enumerate(paths):
             try:
-                info = read_gguf(path)
+                info = self._info(path)
                 predicted = self._local_plan(path)
             except MoeChatError as exc:
                 cells: tuple[str, ...] = (Path(path).name, path, str(exc), "–", "–", "–")

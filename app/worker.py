@@ -58,15 +58,15 @@ class SessionWorker(QObject):
         self.closing = threading.Event()
         self._session: Session | None = None
 
-    @Slot(str)
-    def load(self, path: str) -> None:
+    @Slot(str, int)
+    def load(self, path: str, n_ctx: int) -> None:
         self._free()
         self.load_started.emit(path)
         try:
             session = Session(
                 path,
                 "auto",
-                LoadSettings(),
+                LoadSettings(n_ctx=n_ctx),
                 on_progress=self._on_session_progress,
             )
         except Exception as exc:

@@ -100,8 +100,10 @@ def test_predicted_vs_dry_run_vs_measured_for_a_local_model(qtbot: QtBot, smollm
         qtbot.mouseClick(manager.check_button, Qt.MouseButton.LeftButton)
     details = manager.details.text()
     assert "CPU: predicted" in details and "dry run" in details
-    with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT_MS):
+    manager.context_combo.setCurrentIndex(manager.context_combo.findData(8192))
+    with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT_MS) as loaded:
         qtbot.mouseClick(manager.load_button, Qt.MouseButton.LeftButton)
+    assert loaded.args[0]["n_ctx"] == 8192  # the context the predictions were made for
     with qtbot.waitSignal(window.reply_done, timeout=TIMEOUT_MS):
         window.input.setPlainText("Name three colours.")
         window.send()
