@@ -21,7 +21,7 @@ xdotool key Return
 sleep 3
 xdotool type --delay 20 "Write a long story about a lighthouse keeper and the sea."
 xdotool key Return
-sleep "${SHOT_DELAY:-2.5}"
+sleep "${SHOT_DELAY:-0.8}"  # mid-reply
 import -window root -crop 1200x800+0+0 docs/chat-window.png
 echo "wrote docs/chat-window.png"
 
