@@ -84,11 +84,6 @@ def compiled_backends() -> list[str]:
     ]
 
 
-def supports_gpu_offload() -> bool:
-    """Whether this engine build has any GPU backend compiled in."""
-    return bool(llama_cpp().llama_supports_gpu_offload())
-
-
 def buffer_type(device_name: str) -> Any:
     """The default buffer type of the named device (``CPU``, ``CUDA0``, ``RPC0[…]``).
 

@@ -162,11 +162,6 @@ class GGUFInfo:
                 totals[tensor.layer] += tensor.n_bytes
         return dict(sorted(totals.items()))
 
-    def kv_cache_bytes(self, n_ctx: int, bytes_per_element: float = 2.0) -> int:
-        """K and V cache size for ``n_ctx`` tokens (f16 cache by default)."""
-        per_token = 2 * self.n_layers * self.n_head_kv * self.head_dim
-        return int(per_token * n_ctx * bytes_per_element)
-
 
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
 

@@ -45,12 +45,3 @@ class Placement:
     @classmethod
     def all_on_gpu(cls) -> Placement:
         return cls(n_gpu_layers=-1, label="All on the GPU")
-
-    @classmethod
-    def experts_on_cpu(cls) -> Placement:
-        """Everything on the GPU except the routed experts, which stay in system RAM."""
-        return cls(
-            n_gpu_layers=-1,
-            rules=(TensorRule(EXPERT_TENSORS, "CPU"),),
-            label="GPU, experts in RAM",
-        )
