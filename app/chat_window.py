@@ -31,7 +31,7 @@ from PySide6.QtWidgets import (
 
 from app.model_manager import CONTEXT_KEY, LOCAL_MODELS_KEY, MEASURED_KEY, ModelManager
 from app.worker import SessionWorker
-from engine.session import SamplingSettings
+from engine.session import SamplingSettings, memory_snapshot
 from engine.store import Store, StoredMessage
 
 SAVE_INTERVAL_S = 1.0
@@ -533,20 +533,21 @@ class ChatWindow(QMainWindow):
 
     @Slot()
     def _on_memory_timer_timeout(self) -> None:
-        rss = psutil.Process().memory_info().rss
-        vm = psutil.virtual_memory()
-        self.ram_label.setText(f"RAM {_gib(rss)} (free {_gib(vm.available)})")
         if self._model is None:
+            self.ram_label.setText(self._ram_text(psutil.Process().memory_info().rss))
             return
-        from engine.devices import list_devices  # the engine is loaded by now
-
-        gpus = [d for d in list_devices() if d.is_gpu and d.memory_total]
-        if gpus:
-            used = sum((d.memory_total or 0) - (d.memory_free or 0) for d in gpus)
-            total = sum(d.memory_total or 0 for d in gpus)
+        rss, devices = memory_snapshot()  # the engine is loaded by now
+        self.ram_label.setText(self._ram_text(rss))
+        if devices:
+            used = sum(used for used, _total in devices.values())
+            total = sum(total for _used, total in devices.values())
             self.vram_label.setText(f"VRAM {_gib(used)} / {_gib(total)}")
         else:
             self.vram_label.setText("VRAM: no GPU in use")
+
+    @staticmethod
+    def _ram_text(rss: int) -> str:
+        return f"RAM {_gib(rss)} (free {_gib(psutil.virtual_memory().available)})"
 
     # -- shutdown --------------------------------------------------------------------------
 
