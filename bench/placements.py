@@ -25,7 +25,7 @@ from engine.devices import compiled_backends, list_devices
 from engine.gguf_file import read_gguf
 from engine.hardware import detect
 from engine.placement import Placement
-from engine.planner import ModelShape, Settings, compute_buffer_bytes, plan
+from engine.planner import ModelShape, Settings, gpu_free_needed, plan
 from engine.session import LoadSettings, SamplingSettings, Session
 from engine.synthetic import SyntheticSpec, build_synthetic_moe
 
@@ -87,10 +87,7 @@ def main() -> None:
         shape = ModelShape.from_gguf(read_gguf(model))
         settings = Settings(n_ctx=2048)
         gpu_info = machine.usable_gpus[0]
-        tight = (
-            shape.gpu_always_bytes + shape.kv_bytes(2048) + compute_buffer_bytes(shape, settings)
-        )
-        tight_free = int((tight + settings.gpu_margin) / 0.95) + 2**20
+        tight_free = gpu_free_needed(shape, settings, expert_share=0.0)
         scenarios = [
             ("CPU only", replace(machine, gpus=()), settings),
             ("all on the GPU", machine, settings),

@@ -21,8 +21,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.gguf_file import read_gguf
-from engine.hardware import GPUInfo, MachineProfile, detect
-from engine.planner import ModelShape, Settings, compute_buffer_bytes, plan
+from engine.hardware import MachineProfile, detect
+from engine.planner import ModelShape, Settings, gpu_free_needed, plan
 from engine.session import LoadSettings, SamplingSettings, Session
 
 MIB = 2**20
@@ -110,6 +110,7 @@ def main() -> None:
             check(path, machine, settings, timing=True)
         if args.rpc:
             from engine.devices import add_rpc_server
+            from tests.helpers.machines import GIB, gpu
             from tests.helpers.rpc_server import running_server
 
             with running_server() as endpoint:
@@ -118,23 +119,10 @@ def main() -> None:
                     shape = ModelShape.from_gguf(read_gguf(path))
                     if not shape.expert_bytes:
                         continue
-                    free = (
-                        shape.gpu_always_bytes
-                        + shape.kv_bytes(settings.n_ctx)
-                        + compute_buffer_bytes(shape, settings)
-                        + shape.expert_bytes // 2
-                    )
-                    gpu = GPUInfo(
-                        name="RPC device",
-                        vendor="unknown",
-                        memory_total=int(free / 0.95) + 1,
-                        memory_free=int(free / 0.95) + 1,
-                        bandwidth=None,
-                        source="engine",
-                        engine_device=device,
-                    )
-                    hybrid = replace(machine, gpus=(gpu,))
-                    check(path, hybrid, replace(settings, gpu_margin=0), timing=False)
+                    free = gpu_free_needed(shape, settings, expert_share=0.5)
+                    rpc_gpu = gpu("RPC device", free / GIB, device)  # memory is what counts
+                    hybrid = replace(machine, gpus=(rpc_gpu,))
+                    check(path, hybrid, settings, timing=False)
 
 
 if __name__ == "__main__":

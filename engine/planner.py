@@ -42,6 +42,7 @@ CPU_EFFICIENCY = 0.69
 REPACK_LOSS = 0.78
 UNREPACKED_TYPES = ("F16", "BF16", "F32")
 GPU_EFFICIENCY = 0.8
+GPU_USABLE_SHARE = 0.95  # of a GPU's free memory, before the fixed margin
 # Kernel launches per GPU-resident layer per token: 52 us fits the Qwen3-30B shape
 # (llama-bench), 34 us our 16-layer synthetic MoE through our own loop (bench/placements.py).
 GPU_LAYER_COST_S = 45e-6
@@ -269,6 +270,27 @@ def compute_buffer_bytes(shape: ModelShape, settings: Settings) -> int:
     return 2**20 + settings.n_ubatch * 4 * (shape.n_vocab + 4 * shape.n_embd)
 
 
+def gpu_budget(free: int, settings: Settings) -> int:
+    """What the planner lets itself use of a GPU with ``free`` bytes free."""
+    return max(0, int(free * GPU_USABLE_SHARE) - settings.gpu_margin)
+
+
+def gpu_free_needed(shape: ModelShape, settings: Settings, expert_share: float = 1.0) -> int:
+    """Free memory one GPU needs for the always-read part and ``expert_share`` of the experts.
+
+    The inverse of ``gpu_budget``: with this much free, ``plan`` puts at least that share of
+    the expert bytes on the GPU (whole layers, so possibly a little more).
+    """
+    n_ctx = min(settings.n_ctx, shape.context_length or settings.n_ctx)
+    needed = (
+        shape.gpu_always_bytes
+        + shape.kv_bytes(n_ctx, settings.kv_bytes_per_element)
+        + compute_buffer_bytes(shape, settings)
+        + int(shape.expert_bytes * expert_share)
+    )
+    return int((needed + settings.gpu_margin) / GPU_USABLE_SHARE) + 2**20
+
+
 def plan(shape: ModelShape, machine: MachineProfile, settings: Settings | None = None) -> Plan:
     """Place ``shape`` on ``machine``: the fastest layout that fits, or why nothing does."""
     settings = settings or Settings()
@@ -280,11 +302,7 @@ def plan(shape: ModelShape, machine: MachineProfile, settings: Settings | None =
     ram_budget = max(0, (machine.ram_available or 0) - settings.ram_margin)
     ram_bandwidth = machine.ram_bandwidth or DEFAULT_RAM_BANDWIDTH
 
-    def gpu_budget(gpu: GPUInfo) -> int:
-        free = gpu.memory_free or 0
-        return max(0, int(free * 0.95) - settings.gpu_margin)
-
-    budgets = [gpu_budget(g) for g in gpus]
+    budgets = [gpu_budget(g.memory_free or 0, settings) for g in gpus]
     if gpus and shape.gpu_always_bytes + kv + compute <= sum(budgets):
         result = _plan_gpu(shape, machine, settings, gpus, budgets, kv, compute, n_ctx)
         # On unified memory (Apple) the GPU's share comes out of the same RAM.

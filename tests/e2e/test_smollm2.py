@@ -136,25 +136,15 @@ def test_auto_placement_uses_the_device_and_keeps_the_reply(
 def test_a_planned_hybrid_split_loads_as_planned(
     upcycled_moe: Path, dense_reply: str, rpc_device: str
 ) -> None:
-    from engine.hardware import GPUInfo, detect
-    from engine.planner import ModelShape, Settings, Verdict, compute_buffer_bytes, plan
+    from engine.hardware import detect
+    from engine.planner import ModelShape, Settings, Verdict, gpu_free_needed, plan
+    from tests.helpers.machines import GIB, gpu
 
     shape = ModelShape.from_gguf(read_gguf(upcycled_moe))
-    settings = Settings(n_ctx=4096, gpu_margin=0, use_mmap=False)
-    kv = shape.kv_bytes(4096)
-    # A device with room for the always-read part and about half of the expert layers.
-    free = (
-        shape.always_bytes + kv + compute_buffer_bytes(shape, settings)
-    ) + shape.expert_bytes // 2
-    device = GPUInfo(
-        name="RPC test device",
-        vendor="unknown",
-        memory_total=int(free / 0.95) + 1,
-        memory_free=int(free / 0.95) + 1,
-        bandwidth=None,
-        source="engine",
-        engine_device=rpc_device,
-    )
+    settings = Settings(n_ctx=4096, use_mmap=False)
+    # A device with room for the always-read part and half of the expert layers.
+    free = gpu_free_needed(shape, settings, expert_share=0.5)
+    device = gpu("RPC test device", free / GIB, rpc_device)  # memory is what counts here
     machine = replace(detect(engine=False, measure_bandwidth=False), gpus=(device,))
     planned = plan(shape, machine, settings)
     assert planned.verdict is Verdict.HYBRID

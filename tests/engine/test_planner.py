@@ -9,7 +9,16 @@ import pytest
 
 from engine.catalog import CatalogModel, load_catalog
 from engine.hardware import MachineProfile
-from engine.planner import ModelShape, Plan, Settings, Verdict, plan, rank, recommend
+from engine.planner import (
+    ModelShape,
+    Plan,
+    Settings,
+    Verdict,
+    gpu_free_needed,
+    plan,
+    rank,
+    recommend,
+)
 from tests.helpers.machines import (
     APPLE_16,
     GIB,
@@ -194,10 +203,19 @@ def test_speed_model_reproduces_the_h100_measurements_in_tech_notes() -> None:
     settings = Settings(n_ctx=512)
     cpu = plan(shape, host, settings)
     full = plan(shape, replace(host, gpus=(h100,)), settings)
-    always = shape.always_bytes + shape.kv_bytes(512) + 600 * 2**20
-    tight = replace(h100, memory_free=int((always + settings.gpu_margin) / 0.95) + 2**20)
+    tight = replace(h100, memory_free=gpu_free_needed(shape, settings, expert_share=0.0))
     experts_cpu = plan(shape, replace(host, gpus=(tight,)), settings)
     assert experts_cpu.gpu_expert_layers == ()
     assert cpu.decode_tokens_per_s == pytest.approx(28.9, rel=0.15)
     assert full.decode_tokens_per_s == pytest.approx(320, rel=0.15)
     assert experts_cpu.decode_tokens_per_s == pytest.approx(33.4, rel=0.15)
+
+
+def test_gpu_free_needed_is_the_inverse_of_the_budget() -> None:
+    settings = Settings()
+    qwen = shape(QWEN)
+    for share in (0.0, 0.25, 0.5, 1.0):
+        profile = machine(64, 56, (gpu("GPU", gpu_free_needed(qwen, settings, share) / GIB),))
+        result = plan(qwen, profile, settings)
+        assert result.verdict is (Verdict.FULL_GPU if share == 1.0 else Verdict.HYBRID)
+        assert result.expert_share_on_gpu >= share - 1 / qwen.n_layers
