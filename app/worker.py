@@ -9,6 +9,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
+from engine.engine_log import per_device
 from engine.errors import MoeChatError
 from engine.session import LoadSettings, SamplingSettings, Session, memory_snapshot
 
@@ -22,8 +23,7 @@ def measured_memory(session: Session) -> dict[str, Any]:
     report = session.load_report
     devices: dict[str, int] = {}
     for buffers in (report.model_buffers, report.kv_buffers, report.compute_buffers):
-        for name, size in buffers.items():
-            device = "CPU" if name.startswith("CPU") else name.split("[")[0].split("_")[0]
+        for device, size in per_device(buffers).items():
             devices[device] = devices.get(device, 0) + size
     return {"devices": devices, "rss": memory_snapshot()[0], "n_ctx": session.n_ctx}
 

@@ -20,6 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from engine.engine_log import per_device
 from engine.gguf_file import read_gguf
 from engine.hardware import MachineProfile, detect
 from engine.planner import ModelShape, Settings, gpu_free_needed, plan
@@ -44,9 +45,7 @@ def row(what: str, predicted: float, measured: float, unit: str = "MiB") -> None
 
 
 def buffers(report: dict[str, int], device: str) -> int:
-    if device == "CPU":
-        return sum(v for k, v in report.items() if k.startswith("CPU"))
-    return sum(v for k, v in report.items() if k.startswith(device))
+    return per_device(report).get(device, 0)
 
 
 def check(path: Path, machine: MachineProfile, settings: Settings, timing: bool) -> None:

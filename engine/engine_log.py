@@ -90,6 +90,24 @@ class LoadReport:
     errors: list[str] = field(default_factory=list)
 
 
+def buffer_device(buffer_name: str) -> str:
+    """The device whose memory a buffer occupies: ``CUDA0`` for ``CUDA0``, ``RPC0`` for
+    ``RPC0[127.0.0.1:50052]``, and ``CPU`` for host buffers (``CPU_Mapped``, ``CPU_REPACK``,
+    and ``CUDA_Host``, the GPU backend's pinned buffer in system RAM)."""
+    if buffer_name.startswith("CPU") or buffer_name.endswith("_Host"):
+        return "CPU"
+    return buffer_name.split("[")[0]
+
+
+def per_device(buffers: dict[str, int]) -> dict[str, int]:
+    """Buffer sizes summed by the device they occupy."""
+    totals: dict[str, int] = {}
+    for name, size in buffers.items():
+        device = buffer_device(name)
+        totals[device] = totals.get(device, 0) + size
+    return totals
+
+
 def parse_load_log(lines: list[tuple[int, str]]) -> LoadReport:
     """Turn captured log lines into a LoadReport. Sizes are as precise as the log (0.01 MiB)."""
     report = LoadReport()

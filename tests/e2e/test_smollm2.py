@@ -13,6 +13,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from engine.engine_log import per_device
 from engine.gguf_file import Role, read_gguf
 from engine.placement import EXPERT_TENSORS, Placement, TensorRule
 from engine.session import LoadSettings, SamplingSettings, Session
@@ -45,11 +46,11 @@ def test_upcycled_moe_gives_the_dense_reply(upcycled_moe: Path, dense_reply: str
 
 
 def _cpu_bytes(buffers: dict[str, int]) -> int:
-    return sum(size for name, size in buffers.items() if name.startswith("CPU"))
+    return per_device(buffers).get("CPU", 0)
 
 
 def _device_bytes(buffers: dict[str, int], device: str) -> int:
-    return sum(size for name, size in buffers.items() if name.startswith(device))
+    return per_device(buffers).get(device, 0)
 
 
 def _close_to(measured: int, expected: int) -> bool:
