@@ -6,7 +6,7 @@ import mmap
 import re
 import struct
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from pathlib import Path
 from typing import Any
@@ -133,6 +133,7 @@ class GGUFInfo:
     expert_ffn_length: int
     chat_template: str | None
     tensors: tuple[TensorInfo, ...]
+    parts: tuple[Path, ...] = ()  # every file of the model: just ``path`` unless it is split
 
     @property
     def is_moe(self) -> bool:
@@ -191,6 +192,7 @@ def read_gguf(path: str | Path) -> GGUFInfo:
     tensors = _tensor_table(header, path, file_size)
     split_count = int(header.fields.get("split.count", 1) or 1)
     total_size = file_size
+    parts = [path]
     for number in range(2, split_count + 1):
         prefix = shard["prefix"] if shard else path.name.removesuffix(".gguf")
         part = path.with_name(f"{prefix}-{number:05d}-of-{split_count:05d}.gguf")
@@ -203,7 +205,8 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         part_header, part_size = _read_header(part)
         tensors += _tensor_table(part_header, part, part_size)
         total_size += part_size
-    return _info_from_header(header, path, total_size, tensors)
+        parts.append(part)
+    return replace(_info_from_header(header, path, total_size, tensors), parts=tuple(parts))
 
 
 def _read_header(path: Path) -> tuple[_Header, int]:
