@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+import logging
 import time
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,20 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.model_manager import CONTEXT_KEY, LOCAL_MODELS_KEY, MEASURED_KEY, ModelManager
+from app.background import run_in_background
+from app.downloads import Downloads, describe
+from app.model_manager import CONTEXT_KEY, MEASURED_KEY, ModelManager
 from app.worker import SessionWorker
+from engine.downloads import DownloadEvent
+from engine.library import Library
 from engine.session import SamplingSettings, memory_snapshot
 from engine.store import Store, StoredMessage
 
 SAVE_INTERVAL_S = 1.0
+log = logging.getLogger(__name__)
+
 LAST_MODEL_KEY = "last_model_path"
+ACTIVE_DOWNLOADS = ("queued", "running", "retrying", "verifying")
 
 
 def _gib(n_bytes: float) -> str:
@@ -87,9 +95,18 @@ class ChatWindow(QMainWindow):
     piece_shown = Signal(str)
     reply_done = Signal(dict)
 
-    def __init__(self, store: Store, autoload: bool = True, first_run_models: bool = False) -> None:
+    def __init__(
+        self,
+        store: Store,
+        autoload: bool = True,
+        first_run_models: bool = False,
+        library: Library | None = None,
+    ) -> None:
         super().__init__()
         self.store = store
+        self.library = library or Library()
+        # Lives with the window: downloads go on while the model manager is closed.
+        self.downloads = Downloads(self.library, self)
         self.setWindowTitle("MoE Chat")
         self.resize(1100, 720)
         self._conversation_id: int | None = None
@@ -102,6 +119,7 @@ class ChatWindow(QMainWindow):
 
         self._build_ui()
         self._start_worker()
+        self.downloads.changed.connect(self._on_downloads_changed)
         self._refresh_conversations()
         self._memory_timer = QTimer(self)
         self._memory_timer.setInterval(1000)
@@ -218,6 +236,9 @@ class ChatWindow(QMainWindow):
         self.ttft_label = QLabel("first token -")
         self.ram_label = QLabel("RAM -")
         self.vram_label = QLabel("VRAM -")
+        self.download_label = QLabel()
+        self.download_label.setObjectName("statLabel")
+        status.addWidget(self.download_label)
         for label in (self.speed_label, self.ttft_label, self.ram_label, self.vram_label):
             label.setObjectName("statLabel")
             status.addPermanentWidget(label)
@@ -261,7 +282,7 @@ class ChatWindow(QMainWindow):
     def open_model_manager(self) -> ModelManager:
         """Show the model manager (one at a time); a model chosen there is loaded here."""
         if self._manager is None:
-            self._manager = ModelManager(self.store, self)
+            self._manager = ModelManager(self.store, self.downloads, self)
             self._manager.model_chosen.connect(self.load_model)
             self._manager.finished.connect(self._on_manager_finished)
         self._manager.show()
@@ -320,8 +341,14 @@ class ChatWindow(QMainWindow):
             f"context {model['n_ctx']} · {html.escape(model['placement'])}"
         )
         self.store.set_setting(LAST_MODEL_KEY, model["path"])
-        known = [p for p in self.store.get_setting(LOCAL_MODELS_KEY, []) if p != model["path"]]
-        self.store.set_setting(LOCAL_MODELS_KEY, [model["path"], *known])
+        if self.library.find_path(model["path"]) is None:  # opened by hand: list it from now on
+            path = model["path"]
+            run_in_background(
+                lambda: self.library.import_file(path, copy=False),
+                lambda _model: None,
+                lambda error: log.warning("could not list %s: %s", path, error),
+                self,
+            )
         measured = self.store.get_setting(MEASURED_KEY, {})
         measured[model["path"]] = model["measured"]
         self.store.set_setting(MEASURED_KEY, measured)
@@ -551,7 +578,18 @@ class ChatWindow(QMainWindow):
 
     # -- shutdown --------------------------------------------------------------------------
 
+    @Slot(object)
+    def _on_downloads_changed(self, event: DownloadEvent) -> None:
+        active = [e for e in self.downloads.latest.values() if e.state in ACTIVE_DOWNLOADS]
+        if not active:
+            self.download_label.setText(f"Downloaded {event.name}" if event.state == "done" else "")
+            return
+        first = active[0]
+        more = f" (+{len(active) - 1} more)" if len(active) > 1 else ""
+        self.download_label.setText(f"↓ {first.name}: {describe(first)}{more}")
+
     def closeEvent(self, event: QCloseEvent) -> None:
+        self.downloads.close()  # what is on disk stays; the download resumes at the next start
         self.worker.cancel.set()
         self._memory_timer.stop()
         if self._reply_id is not None:

@@ -19,6 +19,7 @@ from PySide6.QtWidgets import (
     QHBoxLayout,
     QHeaderView,
     QLabel,
+    QMessageBox,
     QPushButton,
     QTableWidget,
     QTableWidgetItem,
@@ -27,14 +28,17 @@ from PySide6.QtWidgets import (
 )
 
 from app.background import run_in_background
+from app.downloads import Downloads, DownloadsPanel, action_text
+from app.settings_dialog import SettingsDialog
 from engine.catalog import CatalogModel, load_catalog
+from engine.downloads import DownloadEvent
 from engine.errors import MoeChatError
 from engine.gguf_file import GGUFInfo, read_gguf
 from engine.hardware import MachineProfile, detect
+from engine.library import InstalledModel
 from engine.planner import Candidate, ModelShape, Plan, Settings, Verdict, plan, rank, recommend
 from engine.store import Store
 
-LOCAL_MODELS_KEY = "local_models"
 MEASURED_KEY = "measured_models"  # path: what the engine reported when it was last loaded
 CONTEXT_KEY = "context_length"
 CONTEXTS = (2048, 4096, 8192, 16384, 32768, 65536, 131072)
@@ -44,11 +48,15 @@ VERDICT_COLOURS = {
     Verdict.CPU_ONLY: "#92400e",
     Verdict.TOO_LARGE: "#b91c1c",
 }
-COLUMNS = ("Model", "Quant", "Size", "Verdict", "Speed", "GPU", "RAM", "Hub repository")
+COLUMNS = ("Model", "Quant", "Size", "Verdict", "Speed", "GPU", "RAM", "Hub repository", "")
+ACTION_COLUMN = len(COLUMNS) - 1
+SOURCES = {"hub": "downloaded, verified", "copied": "imported (copy)", "linked": "your file"}
 
 
 def _gb(n_bytes: float) -> str:
-    return f"{n_bytes / 1e9:.1f} GB" if n_bytes else "–"
+    if not n_bytes:
+        return "–"
+    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.0f} MB"
 
 
 def breakdown(result: Plan) -> str:
@@ -104,12 +112,16 @@ class ModelManager(QDialog):
     machine_ready = Signal()
     predictions_updated = Signal()
     memory_checked = Signal(str)
+    imported = Signal(str)  # path, or "" when the import failed
 
-    def __init__(self, store: Store, parent: QWidget | None = None) -> None:
+    def __init__(self, store: Store, downloads: Downloads, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWindowTitle("Models")
-        self.resize(1000, 700)
+        self.resize(1180, 860)
         self.store = store
+        self.downloads = downloads
+        self.library = downloads.library
+        self._actions: dict[str, tuple[QPushButton, QPushButton]] = {}
         self.machine: MachineProfile | None = None
         self.catalog: list[CatalogModel] = []
         self.candidates: list[Candidate] = []
@@ -163,6 +175,10 @@ class ModelManager(QDialog):
         self.fits_only.toggled.connect(self._refill_table)
         controls.addWidget(self.fits_only)
         controls.addStretch(1)
+        self.settings_button = QPushButton("Settings…", self)
+        self.settings_button.setToolTip("Hub token, Hub address, offline mode, models folder")
+        self.settings_button.clicked.connect(self.open_settings)
+        controls.addWidget(self.settings_button)
         layout.addLayout(controls)
 
         self.table = QTableWidget(0, len(COLUMNS), self)
@@ -174,7 +190,20 @@ class ModelManager(QDialog):
         header.setSectionResizeMode(0, QHeaderView.ResizeMode.Stretch)
         for column in range(1, len(COLUMNS)):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(ACTION_COLUMN, QHeaderView.ResizeMode.Fixed)
+        self.table.setColumnWidth(ACTION_COLUMN, 220)  # "Resume (100%)" and "Cancel"
         layout.addWidget(self.table, 3)
+        self.download_error = QLabel(self)
+        self.download_error.setObjectName("warningLabel")
+        self.download_error.setWordWrap(True)
+        self.download_error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.download_error.hide()
+        layout.addWidget(self.download_error)
+        self.downloads_panel = DownloadsPanel(self.downloads, self)
+        self.downloads_panel.load_requested.connect(self._choose)
+        layout.addWidget(self.downloads_panel)
+        self.downloads.changed.connect(self._on_downloads_changed)
+        self.downloads.resolve_failed.connect(self._on_downloads_resolve_failed)
 
         local_box = QGroupBox("Models on this computer", self)
         local_layout = QVBoxLayout(local_box)
@@ -195,8 +224,11 @@ class ModelManager(QDialog):
         self.details.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         local_layout.addWidget(self.details)
         buttons = QHBoxLayout()
-        self.open_button = QPushButton("Open local GGUF…", local_box)
+        self.open_button = QPushButton("Import GGUF…", local_box)
+        self.open_button.setToolTip("Add a GGUF you already have: copy it, or use it in place")
         self.open_button.clicked.connect(self._on_open_button_clicked)
+        self.delete_button = QPushButton("Delete", local_box)
+        self.delete_button.clicked.connect(self.delete_selected)
         self.check_button = QPushButton("Check memory", local_box)
         self.check_button.setToolTip("Ask the engine what it would reserve, without loading")
         self.check_button.clicked.connect(self.check_selected)
@@ -206,6 +238,7 @@ class ModelManager(QDialog):
         self.local_error = QLabel(local_box)
         self.local_error.setObjectName("warningLabel")
         buttons.addWidget(self.open_button)
+        buttons.addWidget(self.delete_button)
         buttons.addWidget(self.local_error, 1)
         buttons.addWidget(self.check_button)
         buttons.addWidget(self.load_button)
@@ -283,6 +316,7 @@ class ModelManager(QDialog):
             and (not self.fits_only.isChecked() or c.plan.runs)
         ]
         self.table.setRowCount(len(rows))
+        self._actions.clear()
         for row, candidate in enumerate(rows):
             p = candidate.plan
             cells = (
@@ -302,26 +336,126 @@ class ModelManager(QDialog):
                 if column == 3:
                     item.setForeground(QColor(VERDICT_COLOURS[p.verdict]))
                 self.table.setItem(row, column, item)
+            self.table.setCellWidget(row, ACTION_COLUMN, self._action_cell(candidate))
+
+    # -- downloads -------------------------------------------------------------------------
+
+    def _installed(self, key: str) -> InstalledModel | None:
+        return next(
+            (m for m in self.library.installed() if f"{m.catalog_id}:{m.quant}" == key), None
+        )
+
+    def _action_cell(self, candidate: Candidate) -> QWidget:
+        """Download / Pause / Resume / Load, and Cancel while a download exists."""
+        key = f"{candidate.model.id}:{candidate.quant.quant}"
+        cell = QWidget(self.table)
+        row = QHBoxLayout(cell)
+        row.setContentsMargins(2, 0, 2, 0)
+        primary = QPushButton(cell)
+        primary.setObjectName(f"action:{key}")
+        cancel = QPushButton("Cancel", cell)
+        primary.clicked.connect(lambda: self._on_action(candidate))
+        cancel.clicked.connect(lambda: self._on_cancel(key))
+        row.addWidget(primary)
+        row.addWidget(cancel)
+        self._actions[key] = (primary, cancel)
+        self._update_action(key)
+        return cell
+
+    def _update_action(self, key: str) -> None:
+        buttons = self._actions.get(key)
+        if buttons is None:
+            return
+        primary, cancel = buttons
+        try:
+            event = self.downloads.for_key(key)
+            installed = self._installed(key) is not None
+            text = action_text(event, installed)
+            if event is not None and not installed and event.state != "failed":
+                text += f" ({event.fraction:.0%})"
+            primary.setText(text)
+            primary.setEnabled(True)
+            primary.setToolTip(event.message if event is not None else "")
+            cancel.setVisible(event is not None and not installed)
+        except RuntimeError:  # the row was rebuilt meanwhile
+            self._actions.pop(key, None)
+
+    def _on_action(self, candidate: Candidate) -> None:
+        key = f"{candidate.model.id}:{candidate.quant.quant}"
+        self.download_error.hide()
+        installed = self._installed(key)
+        event = self.downloads.for_key(key)
+        if installed is not None:
+            self._choose(installed.path)
+        elif event is None:
+            self._actions[key][0].setText("Asking the Hub…")
+            self._actions[key][0].setEnabled(False)
+            quant = candidate.quant
+            self.downloads.start(
+                key,
+                quant.repo,
+                list(quant.files),
+                name=f"{candidate.model.display_name} {quant.quant}",
+                catalog_id=candidate.model.id,
+                quant=quant.quant,
+            )
+        elif event.state in ("paused", "failed"):
+            self.downloads.downloader.resume(event.job_id)
+        else:
+            self.downloads.downloader.pause(event.job_id)
+
+    def _on_cancel(self, key: str) -> None:
+        event = self.downloads.for_key(key)
+        if event is not None:
+            self.downloads.downloader.cancel(event.job_id)
+
+    @Slot(str, str)
+    def _on_downloads_resolve_failed(self, key: str, message: str) -> None:
+        self.download_error.setText(message)
+        self.download_error.show()
+        if key in self._actions:
+            self._actions[key][0].setEnabled(True)
+            self._update_action(key)
+
+    @Slot(object)
+    def _on_downloads_changed(self, event: DownloadEvent) -> None:
+        for key in list(self._actions):
+            self._update_action(key)
+        if event.state == "done":
+            self._refill_local()
+            self._select_path(event.model_path)
 
     # -- local models ----------------------------------------------------------------------
 
     def local_paths(self) -> list[str]:
-        paths: list[str] = self.store.get_setting(LOCAL_MODELS_KEY, [])
-        return [p for p in paths if Path(p).is_file()]
+        return [m.path for m in self.library.installed()]
 
-    def add_local(self, path: str) -> bool:
-        """Check a GGUF with the header reader and remember it; False (and a message) if bad."""
-        try:
-            self._info(path)
-        except MoeChatError as exc:
-            self.local_error.setText(str(exc))
-            return False
-        self.local_error.clear()
-        paths = [p for p in self.local_paths() if p != path]
-        self.store.set_setting(LOCAL_MODELS_KEY, [path, *paths])
-        self._refill_local()
-        self.local_table.selectRow(0)
-        return True
+    def add_local(self, path: str, copy: bool = False) -> None:
+        """Import a GGUF (checked by the header reader) off the GUI thread; ``imported`` tells
+        when it is done, with the path to load or "" and the reason in ``local_error``."""
+        self.local_error.setText("Copying…" if copy else "Checking…")
+        self.open_button.setEnabled(False)
+
+        def done(model: InstalledModel) -> None:
+            self.open_button.setEnabled(True)
+            self.local_error.clear()
+            self._refill_local()
+            self._select_path(model.path)
+            self.imported.emit(model.path)
+
+        def failed(error: BaseException) -> None:
+            self.open_button.setEnabled(True)
+            self.local_error.setText(str(error))
+            self.imported.emit("")
+
+        run_in_background(lambda: self.library.import_file(path, copy), done, failed, self)
+
+    def _select_path(self, path: str) -> None:
+        for row in range(self.local_table.rowCount()):
+            item = self.local_table.item(row, 0)
+            if item is not None and item.data(Qt.ItemDataRole.UserRole) == path:
+                self.local_table.selectRow(row)
+                return
 
     def _info(self, path: str) -> GGUFInfo:
         """The header of a local model, read once per file version (a re-plan re-reads none)."""
@@ -337,15 +471,16 @@ class ModelManager(QDialog):
         return plan(ModelShape.from_gguf(self._info(path)), self.machine, self.settings)
 
     def _refill_local(self) -> None:
-        paths = self.local_paths()
+        models = self.library.installed()
         measured_all: dict[str, Any] = self.store.get_setting(MEASURED_KEY, {})
-        self.local_table.setRowCount(len(paths))
-        for row, path in enumerate(paths):
+        self.local_table.setRowCount(len(models))
+        for row, model in enumerate(models):
+            path = model.path
             try:
                 info = self._info(path)
                 predicted = self._local_plan(path)
             except MoeChatError as exc:
-                cells: tuple[str, ...] = (Path(path).name, path, str(exc), "–", "–", "–")
+                cells: tuple[str, ...] = (model.name, path, str(exc), "–", "–", "–")
                 tip = str(exc)
             else:
                 measured = measured_all.get(path, {})
@@ -360,7 +495,10 @@ class ModelManager(QDialog):
                     f"{speed:.0f} tok/s" if speed else "not loaded yet",
                     _gb(info.file_size),
                 )
-                tip = breakdown(predicted) if predicted else path
+                tip = (breakdown(predicted) if predicted else path) + (
+                    f"\n\n{SOURCES.get(model.source, model.source)}"
+                    + (f" from {model.repo} at {model.commit[:10]}" if model.repo else "")
+                )
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setToolTip(tip)
@@ -432,16 +570,59 @@ class ModelManager(QDialog):
     @Slot()
     def _on_open_button_clicked(self) -> None:
         path, _ = QFileDialog.getOpenFileName(
-            self, "Open a GGUF model", str(Path.home()), "GGUF models (*.gguf);;All files (*)"
+            self, "Import a GGUF model", str(Path.home()), "GGUF models (*.gguf);;All files (*)"
         )
-        if path:
-            self.add_local(path)
+        if not path:
+            return
+        ask = QMessageBox(self)
+        ask.setWindowTitle("Import a GGUF model")
+        ask.setText(f"Copy {Path(path).name} into the models folder, or use it where it is?")
+        ask.setInformativeText(
+            f"Models folder: {self.library.models_dir}\nA file used in place is never deleted "
+            "by MoE Chat; if you move it, import it again."
+        )
+        copy = ask.addButton("Copy", QMessageBox.ButtonRole.AcceptRole)
+        in_place = ask.addButton("Use in place", QMessageBox.ButtonRole.AcceptRole)
+        ask.addButton(QMessageBox.StandardButton.Cancel)
+        ask.exec()
+        if ask.clickedButton() in (copy, in_place):
+            self.add_local(path, copy=ask.clickedButton() is copy)
+
+    @Slot()
+    def delete_selected(self) -> None:
+        path = self.selected_path()
+        model = self.library.find_path(path) if path else None
+        if model is None:
+            self.local_error.setText("Select a model to delete.")
+            return
+        if model.source == "linked":
+            question = f"Remove {model.name} from this list? The file stays where it is."
+        else:
+            question = f"Delete {model.name} and free {_gb(model.size)}?"
+        answer = QMessageBox.question(self, "Delete model", question)
+        if answer == QMessageBox.StandardButton.Yes:
+            self.library.remove(model.id)
+            self._refill_local()
+            for key in list(self._actions):
+                self._update_action(key)
+
+    @Slot()
+    def open_settings(self) -> SettingsDialog:
+        dialog = SettingsDialog(self.downloads, self)
+        dialog.accepted.connect(self.downloads_panel.refresh_offline)
+        dialog.accepted.connect(self._refill_local)
+        dialog.open()
+        return dialog
+
+    @Slot(str)
+    def _choose(self, path: str) -> None:
+        self.model_chosen.emit(path)
+        self.accept()
 
     @Slot()
     def load_selected(self) -> None:
         path = self.selected_path()
         if path is None:
-            self.local_error.setText("Select a model to load, or open a local GGUF file.")
+            self.local_error.setText("Select a model to load, download one, or import a GGUF.")
             return
-        self.model_chosen.emit(path)
-        self.accept()
+        self._choose(path)

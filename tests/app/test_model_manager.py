@@ -9,7 +9,7 @@ from PySide6.QtWidgets import QAbstractItemView
 from pytestqt.qtbot import QtBot
 
 from app.chat_window import ChatWindow
-from app.model_manager import LOCAL_MODELS_KEY, ModelManager
+from app.model_manager import ModelManager
 from engine.store import Store
 
 TIMEOUT_MS = 60_000
@@ -28,6 +28,12 @@ def open_manager(qtbot: QtBot) -> tuple[ChatWindow, ModelManager]:
 def close(window: ChatWindow) -> None:
     window.close()
     window.store.close()
+
+
+def add_local(qtbot: QtBot, manager: ModelManager, path: Path) -> None:
+    with qtbot.waitSignal(manager.imported, timeout=TIMEOUT_MS) as imported:
+        manager.add_local(str(path))
+    assert imported.args == [str(path)], manager.local_error.text()
 
 
 def column(table: QAbstractItemView, index: int) -> list[str]:
@@ -78,15 +84,17 @@ def test_loading_a_local_model_from_the_dialog_starts_the_chat(
     window, manager = open_manager(qtbot)
     bad = tmp_path / "broken.gguf"
     bad.write_bytes(synthetic_model.read_bytes()[:5000])
-    assert not manager.add_local(str(bad))
+    with qtbot.waitSignal(manager.imported, timeout=TIMEOUT_MS) as imported:
+        manager.add_local(str(bad))
+    assert imported.args == [""]
     assert "incomplete" in manager.local_error.text()
-    assert manager.add_local(str(synthetic_model))
+    add_local(qtbot, manager, synthetic_model)
     assert manager.local_table.rowCount() == 1
     assert manager.local_table.item(0, 2).text() == "CPU only"  # planned from its header
     with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT_MS) as loaded:
         qtbot.mouseClick(manager.load_button, Qt.MouseButton.LeftButton)
     assert loaded.args[0]["path"] == str(synthetic_model)
-    assert window.store.get_setting(LOCAL_MODELS_KEY) == [str(synthetic_model)]
+    assert [m.path for m in window.library.installed()] == [str(synthetic_model)]
     with qtbot.waitSignal(window.reply_done, timeout=TIMEOUT_MS):
         window.input.setPlainText("hello")
         window.send()
@@ -95,7 +103,7 @@ def test_loading_a_local_model_from_the_dialog_starts_the_chat(
 
 def test_predicted_vs_dry_run_vs_measured_for_a_local_model(qtbot: QtBot, smollm2: Path) -> None:
     window, manager = open_manager(qtbot)
-    assert manager.add_local(str(smollm2))
+    add_local(qtbot, manager, smollm2)
     with qtbot.waitSignal(manager.memory_checked, timeout=TIMEOUT_MS):
         qtbot.mouseClick(manager.check_button, Qt.MouseButton.LeftButton)
     details = manager.details.text()
