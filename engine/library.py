@@ -170,7 +170,7 @@ class Library:
     def models_dir(self) -> Path:
         with self._lock:
             path = Path(self._state.models_dir) if self._state.models_dir else None
-        path = path or paths.models_dir()
+        path = path or self.home / "models"  # the default of paths.models_dir(), per library
         path.mkdir(parents=True, exist_ok=True)
         return path
 

@@ -143,7 +143,7 @@ def test_single_file_download_is_verified_and_installed(
         HUB_REPO, hub.repos[HUB_REPO].commit, "synthetic", "Q8_0",
     )  # fmt: skip
     assert done.model_path == model.path
-    assert Path(model.path).is_relative_to(library.models_dir)
+    assert Path(model.path).is_relative_to(library.home / "models")
     assert sha256_of(Path(model.path)) == model.files[0].sha256 == release.files[0].sha256
     assert read_gguf(model.path).n_experts == 8
     assert loader.jobs() == []
@@ -499,3 +499,10 @@ def test_hub_settings_token_and_environment(
     library.set_hub(HubSettings())
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint + "/")
     assert hub_config(library).endpoint == hub.endpoint
+
+
+def test_each_library_keeps_its_models_under_its_own_home(tmp_path: Path) -> None:
+    # A library opened on another home (a benchmark, a portable install) must not write
+    # into the user's default models folder.
+    other = Library(tmp_path / "other")
+    assert other.models_dir == tmp_path / "other" / "models"

@@ -344,3 +344,22 @@ def running_hub(hub: FakeHub | None = None) -> Iterator[FakeHub]:
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+def main() -> None:
+    """Serve files from another process (so a benchmark's client has the GIL to itself):
+    ``python -m tests.helpers.fake_hub RATE REPO NAME=PATH…`` (RATE in bytes/s, 0 for no
+    limit); prints the endpoint, then serves
+    until its standard input closes."""
+    import sys
+
+    rate, repo, *files = sys.argv[1:]
+    with running_hub() as hub:
+        hub.rate = float(rate) or None
+        hub.add_repo(repo, {name: Path(path) for name, path in (f.split("=", 1) for f in files)})
+        print(hub.endpoint, flush=True)
+        sys.stdin.read()
+
+
+if __name__ == "__main__":
+    main()
