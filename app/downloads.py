@@ -14,6 +14,7 @@ from PySide6.QtWidgets import (
     QGroupBox,
     QHBoxLayout,
     QLabel,
+    QLineEdit,
     QProgressBar,
     QPushButton,
     QVBoxLayout,
@@ -188,6 +189,18 @@ class DownloadsPanel(QGroupBox):
         self.offline_label = QLabel(self)
         self.offline_label.setObjectName("warningLabel")
         self._layout.addWidget(self.offline_label)
+        typed = QHBoxLayout()
+        self.repo_edit = QLineEdit(self)
+        self.repo_edit.setPlaceholderText("Any Hub repository: owner/Model-GGUF")
+        self.file_edit = QLineEdit(self)
+        self.file_edit.setPlaceholderText("file.gguf or quantization (Q4_K_M)")
+        self.get_button = QPushButton("Download", self)
+        self.get_button.clicked.connect(self.download_typed)
+        self.file_edit.returnPressed.connect(self.download_typed)
+        typed.addWidget(self.repo_edit, 2)
+        typed.addWidget(self.file_edit, 2)
+        typed.addWidget(self.get_button)
+        self._layout.addLayout(typed)
         self.empty = QLabel("No downloads. Press Download on a model above.", self)
         self.empty.setStyleSheet("color:#6b7280")
         self._layout.addWidget(self.empty)
@@ -204,6 +217,17 @@ class DownloadsPanel(QGroupBox):
             f"Offline mode is on ({source}): nothing is downloaded and no request leaves "
             "this computer. Queued downloads wait."
         )
+
+    @Slot()
+    def download_typed(self) -> None:
+        """Download a repository and file (or quantization) the user typed."""
+        repo, wanted = self.repo_edit.text().strip(), self.file_edit.text().strip()
+        if repo.count("/") != 1 or not wanted:
+            self.downloads.resolve_failed.emit(
+                "", "Type a repository as owner/name and a file name or quantization."
+            )
+            return
+        self.downloads.start(f"{repo}/{wanted}", repo, wanted)
 
     @Slot(object)
     def _on_downloads_changed(self, event: DownloadEvent) -> None:

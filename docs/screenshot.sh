@@ -25,7 +25,7 @@ sleep "${SHOT_DELAY:-0.8}"  # mid-reply
 import -window root -crop 1200x800+0+0 docs/chat-window.png
 echo "wrote docs/chat-window.png"
 
-# The model manager as a new user first sees it (no model chosen yet).
+# The model manager as a new user first sees it (no model chosen yet): replaced below.
 kill $app 2>/dev/null || true
 rm -rf "$home"; mkdir -p "$home"
 .venv/bin/moe-chat >/dev/null 2>&1 &
@@ -34,3 +34,32 @@ xdotool search --sync --onlyvisible --name '^Models$' >/dev/null
 sleep "${PROBE_DELAY:-4}"  # machine detection and planning
 import -window root -crop 1040x720+0+0 docs/model-manager.png
 echo "wrote docs/model-manager.png"
+
+# The model manager downloading: a fake Hub on 127.0.0.1 serves SmolLM2 under a catalog
+# repository's name (limited to 8 MB/s so progress shows); a download queued before start,
+# as if the app had been closed mid-download, resume on their own.
+kill $app 2>/dev/null || true
+rm -rf "$home"; mkdir -p "$home"
+exec 3> >(.venv/bin/python -m tests.helpers.fake_hub 8000000 \
+  bartowski/granite-3.1-1b-a400m-instruct-GGUF "granite-3.1-1b-a400m-instruct-Q8_0.gguf=$model" \
+  > "$home/endpoint")
+sleep 2
+.venv/bin/python - "$(cat "$home/endpoint")" <<'PY'
+import sys
+from engine.downloads import Downloader, HubConfig, resolve
+from engine.library import HubSettings, Library
+library = Library()
+library.set_hub(HubSettings(endpoint=sys.argv[1]))
+hub = HubConfig.from_library(library)
+queue = Downloader(library, start=False)
+repo = "bartowski/granite-3.1-1b-a400m-instruct-GGUF"
+queue.enqueue(resolve(repo, "Q8_0", hub, name="IBM Granite-3.1-1B-A400M-Instruct Q8_0",
+                      catalog_id="granite-3.1-1b-a400m-instruct", quant="Q8_0"))
+PY
+.venv/bin/moe-chat >/dev/null 2>&1 &
+app=$!
+xdotool search --sync --onlyvisible --name '^Models$' >/dev/null
+sleep "${PROBE_DELAY:-4}"
+import -window root -crop 1180x860+0+0 docs/model-manager.png
+echo "wrote docs/model-manager.png (downloading)"
+exec 3>&-

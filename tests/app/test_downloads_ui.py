@@ -157,3 +157,25 @@ def test_settings_store_the_token_privately_and_offline_mode_is_shown(
     assert hub.counters.requests == []
     window.close()
     window.store.close()
+
+
+def test_any_repository_and_quant_typed_by_the_user(
+    qtbot: QtBot, library: Library, hub: FakeHub
+) -> None:
+    from tests.conftest import SPLIT_REPO
+
+    window, manager = open_manager(qtbot, library)
+    panel = manager.downloads_panel
+    panel.repo_edit.setText("not a repo")
+    with qtbot.waitSignal(window.downloads.resolve_failed):
+        qtbot.mouseClick(panel.get_button, Qt.MouseButton.LeftButton)
+    assert "owner/name" in manager.download_error.text()
+    panel.repo_edit.setText(SPLIT_REPO)
+    panel.file_edit.setText("Q8_0")
+    qtbot.mouseClick(panel.get_button, Qt.MouseButton.LeftButton)
+    done = wait_event(qtbot, window, lambda e: e.state == "done")
+    (model,) = library.installed()
+    assert len(model.files) == 3 and done.model_path == model.path
+    assert manager.selected_path() == model.path
+    window.close()
+    window.store.close()
