@@ -558,9 +558,17 @@ class Downloader:
         self._emit(self.event(job))
 
     def wake(self) -> None:
-        """Look at the queue again (after offline mode was turned off)."""
+        """Look at the settings and the queue again: offline mode turned on sends the running
+        download back to the queue (it waits there); turned off, the queue moves again."""
         with self._cond:
+            if self._current is not None and (self.library.hub.offline or offline_by_environment()):
+                self._current.state = "queued"
+                self._stop.set()
             self._cond.notify_all()
+
+    def running(self) -> bool:
+        with self._cond:
+            return self._current is not None
 
     def active(self) -> bool:
         with self._cond:

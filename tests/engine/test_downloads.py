@@ -344,6 +344,35 @@ def test_offline_mode_sends_no_request(
     assert hub.counters.requests == []
 
 
+def test_offline_mode_turned_on_mid_download_stops_it_until_turned_off(
+    library: Library, hub: FakeHub
+) -> None:
+    events = Events()
+    release = single(library)
+    hub.rate = 2 * MiB
+    loader = downloader(library, events)
+    try:
+        loader.enqueue(release)
+        events.wait_for(lambda e: e.state == "running" and e.done >= MiB)
+        library.set_hub(HubSettings(endpoint=hub.endpoint, offline=True))
+        loader.wake()
+        deadline = time.monotonic() + 10
+        while loader.running():
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        requests = len(hub.counters.requests)
+        time.sleep(0.3)
+        assert len(hub.counters.requests) == requests
+        assert loader.jobs()[0].state == "queued"
+        hub.rate = None
+        library.set_hub(HubSettings(endpoint=hub.endpoint))
+        loader.wake()
+        assert loader.wait_idle(30)
+    finally:
+        loader.close()
+    assert len(library.installed()) == 1
+
+
 # -- surviving a killed app --------------------------------------------------------------------
 
 CHILD = textwrap.dedent(
