@@ -22,7 +22,14 @@ from PySide6.QtWidgets import (
 )
 
 from app.background import run_in_background
-from engine.downloads import Downloader, DownloadEvent, HubConfig, Release, resolve
+from engine.downloads import (
+    Downloader,
+    DownloadEvent,
+    HubConfig,
+    Release,
+    offline_by_environment,
+    resolve,
+)
 from engine.errors import MoeChatError
 from engine.library import Library
 
@@ -210,9 +217,9 @@ class DownloadsPanel(QGroupBox):
         self.refresh_offline()
 
     def refresh_offline(self) -> None:
-        hub = HubConfig.from_library(self.downloads.library)
-        self.offline_label.setVisible(hub.offline)
-        source = "Settings" if hub.offline_source == "settings" else "HF_HUB_OFFLINE"
+        by_settings = self.downloads.library.hub.offline
+        self.offline_label.setVisible(by_settings or offline_by_environment())
+        source = "Settings" if by_settings else "HF_HUB_OFFLINE"
         self.offline_label.setText(
             f"Offline mode is on ({source}): nothing is downloaded and no request leaves "
             "this computer. Queued downloads wait."
