@@ -15,6 +15,7 @@ from pytestqt.qtbot import QtBot
 
 from app.chat_window import LAST_MODEL_KEY, ChatWindow
 from engine.store import Store
+from tests.helpers.windows import close
 
 LOAD_TIMEOUT_MS = 30_000
 
@@ -25,11 +26,6 @@ def open_window(qtbot: QtBot, autoload: bool = False) -> ChatWindow:
     window.show()
     qtbot.waitExposed(window)
     return window
-
-
-def close_window(window: ChatWindow) -> None:
-    window.close()
-    window.store.close()
 
 
 def load(qtbot: QtBot, window: ChatWindow, path: Path) -> dict:
@@ -68,7 +64,7 @@ def test_a_reply_streams_in_and_the_stats_update(qtbot: QtBot, synthetic_model: 
     [conversation] = window.store.conversations()
     assert conversation.title == "hello"
     assert window.conversation_list.item(0).text() == "hello"
-    close_window(window)
+    close(window)
 
 
 def test_stop_halts_the_reply(qtbot: QtBot, synthetic_model: Path) -> None:
@@ -90,7 +86,7 @@ def test_stop_halts_the_reply(qtbot: QtBot, synthetic_model: Path) -> None:
     assert "stopped" in window.view.toPlainText()
     [reply] = [m for m in window.store.messages(window._conversation_id) if m.role == "assistant"]
     assert reply.complete and reply.stats["stop_reason"] == "cancelled"
-    close_window(window)
+    close(window)
 
 
 def test_conversations_survive_closing_and_reopening(qtbot: QtBot, synthetic_model: Path) -> None:
@@ -99,7 +95,7 @@ def test_conversations_survive_closing_and_reopening(qtbot: QtBot, synthetic_mod
     with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
         type_and_send(qtbot, window, "remember me")
     reply_text = window.store.messages(window._conversation_id)[-1].content
-    close_window(window)
+    close(window)
 
     again = open_window(qtbot, autoload=True)
     assert again.conversation_list.count() == 1
@@ -109,7 +105,7 @@ def test_conversations_survive_closing_and_reopening(qtbot: QtBot, synthetic_mod
     # The model file is remembered and loaded again at start.
     assert again.store.get_setting(LAST_MODEL_KEY) == str(synthetic_model)
     qtbot.waitUntil(lambda: again._model is not None, timeout=LOAD_TIMEOUT_MS)
-    close_window(again)
+    close(again)
 
 
 def test_a_bad_model_file_shows_a_readable_error(qtbot: QtBot, tmp_path: Path) -> None:
@@ -124,7 +120,7 @@ def test_a_bad_model_file_shows_a_readable_error(qtbot: QtBot, tmp_path: Path) -
     assert "Traceback" not in message
     assert window.model_label.text() == "No model loaded"
     assert window.open_button.isEnabled()
-    close_window(window)
+    close(window)
 
 
 def test_sending_without_a_model_explains_what_to_do(qtbot: QtBot) -> None:
@@ -133,7 +129,7 @@ def test_sending_without_a_model_explains_what_to_do(qtbot: QtBot) -> None:
     assert window.error_banner.isVisible()
     assert "Open model" in window.error_label.text()
     assert window.input.toPlainText() == "hello?"  # nothing typed is lost
-    close_window(window)
+    close(window)
 
 
 def test_new_rename_and_delete_conversations(qtbot: QtBot, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -149,7 +145,7 @@ def test_new_rename_and_delete_conversations(qtbot: QtBot, monkeypatch: pytest.M
     qtbot.mouseClick(window.delete_button, Qt.MouseButton.LeftButton)
     titles = [c.title for c in window.store.conversations()]
     assert "Trip planning" not in titles and len(titles) == 1
-    close_window(window)
+    close(window)
 
 
 def test_an_expected_error_in_a_slot_lands_in_the_banner(
@@ -167,4 +163,4 @@ def test_an_expected_error_in_a_slot_lands_in_the_banner(
     sys.excepthook(StoreError, error, None)
     assert window.error_banner.isVisible()
     assert window.error_label.text() == str(error)
-    close_window(window)
+    close(window)

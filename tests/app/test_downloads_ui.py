@@ -13,10 +13,9 @@ from pytestqt.qtbot import QtBot
 from app.chat_window import ChatWindow
 from app.model_manager import ModelManager
 from engine.library import Library
-from engine.store import Store
 from tests.helpers.fake_hub import FakeHub
+from tests.helpers.windows import TIMEOUT_MS, close, open_manager
 
-TIMEOUT_MS = 60_000
 MiB = 1 << 20
 # A real catalog row; the fake Hub serves the synthetic MoE under its repo and file name.
 KEY = "granite-3.1-1b-a400m-instruct:Q8_0"
@@ -24,13 +23,9 @@ REPO = "bartowski/granite-3.1-1b-a400m-instruct-GGUF"
 FILE = "granite-3.1-1b-a400m-instruct-Q8_0.gguf"
 
 
-def open_manager(qtbot: QtBot, library: Library) -> tuple[ChatWindow, ModelManager]:
-    window = ChatWindow(Store(), autoload=False, library=library)
-    qtbot.addWidget(window)
-    window.show()
-    manager = window.open_model_manager()
-    with qtbot.waitSignal(manager.machine_ready, timeout=TIMEOUT_MS):
-        pass
+def open_all(qtbot: QtBot, library: Library) -> tuple[ChatWindow, ModelManager]:
+    """The model manager showing every catalog row, runnable here or not."""
+    window, manager = open_manager(qtbot, library)
     manager.fits_only.setChecked(False)
     return window, manager
 
@@ -60,7 +55,7 @@ def test_download_pause_resume_and_load_from_the_model_manager(
 ) -> None:
     hub.add_repo(REPO, {FILE: hub_files["single"]})
     hub.rate = 4 * MiB
-    window, manager = open_manager(qtbot, library)
+    window, manager = open_all(qtbot, library)
     assert action(manager, KEY).text() == "Download"
 
     qtbot.mouseClick(action(manager, KEY), Qt.MouseButton.LeftButton)
@@ -90,8 +85,7 @@ def test_download_pause_resume_and_load_from_the_model_manager(
     with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT_MS) as loaded:
         qtbot.mouseClick(row.load_button, Qt.MouseButton.LeftButton)
     assert loaded.args[0]["path"] == model.path
-    window.close()
-    window.store.close()
+    close(window)
 
 
 def test_unfinished_downloads_are_listed_again_after_a_restart_and_cancel_deletes_them(
@@ -99,15 +93,14 @@ def test_unfinished_downloads_are_listed_again_after_a_restart_and_cancel_delete
 ) -> None:
     hub.add_repo(REPO, {FILE: hub_files["single"]})
     hub.rate = 2 * MiB
-    window, manager = open_manager(qtbot, library)
+    window, manager = open_all(qtbot, library)
     qtbot.mouseClick(action(manager, KEY), Qt.MouseButton.LeftButton)
     wait_event(qtbot, window, lambda e: e.state == "running" and e.done >= MiB)
     qtbot.mouseClick(action(manager, KEY), Qt.MouseButton.LeftButton)  # Pause
     wait_event(qtbot, window, lambda e: e.state == "paused")
-    window.close()
-    window.store.close()
+    close(window)
 
-    window, manager = open_manager(qtbot, Library(library.home))
+    window, manager = open_all(qtbot, Library(library.home))
     (row,) = manager.downloads_panel.rows.values()
     assert row.status.text().startswith("Paused at")
     assert row.pause_button.text() == "Resume"
@@ -118,27 +111,25 @@ def test_unfinished_downloads_are_listed_again_after_a_restart_and_cancel_delete
     assert action(manager, KEY).text() == "Download"
     window.downloads.downloader.wait_idle(10)
     assert not list(window.library.models_dir.rglob("*.part"))
-    window.close()
-    window.store.close()
+    close(window)
 
 
 def test_hub_errors_show_the_cause_and_the_fix(
     qtbot: QtBot, library: Library, hub: FakeHub
 ) -> None:
-    window, manager = open_manager(qtbot, library)  # the fake Hub has no granite repo
+    window, manager = open_all(qtbot, library)  # the fake Hub has no granite repo
     with qtbot.waitSignal(window.downloads.resolve_failed, timeout=TIMEOUT_MS):
         qtbot.mouseClick(action(manager, KEY), Qt.MouseButton.LeftButton)
     assert manager.download_error.isVisible()
     assert f"There is no repository {REPO}" in manager.download_error.text()
     assert action(manager, KEY).text() == "Download" and action(manager, KEY).isEnabled()
-    window.close()
-    window.store.close()
+    close(window)
 
 
 def test_settings_store_the_token_privately_and_offline_mode_is_shown(
     qtbot: QtBot, library: Library, hub: FakeHub
 ) -> None:
-    window, manager = open_manager(qtbot, library)
+    window, manager = open_all(qtbot, library)
     assert not manager.downloads_panel.offline_label.isVisible()
     dialog = manager.open_settings()
     dialog.token.setText("hf_private")
@@ -155,8 +146,7 @@ def test_settings_store_the_token_privately_and_offline_mode_is_shown(
         qtbot.mouseClick(action(manager, KEY), Qt.MouseButton.LeftButton)
     assert "Offline mode is on" in manager.download_error.text()
     assert hub.counters.requests == []
-    window.close()
-    window.store.close()
+    close(window)
 
 
 def test_any_repository_and_quant_typed_by_the_user(
@@ -164,7 +154,7 @@ def test_any_repository_and_quant_typed_by_the_user(
 ) -> None:
     from tests.conftest import SPLIT_REPO
 
-    window, manager = open_manager(qtbot, library)
+    window, manager = open_all(qtbot, library)
     panel = manager.downloads_panel
     panel.repo_edit.setText("not a repo")
     with qtbot.waitSignal(window.downloads.resolve_failed):
@@ -177,5 +167,4 @@ def test_any_repository_and_quant_typed_by_the_user(
     (model,) = library.installed()
     assert len(model.files) == 3 and done.model_path == model.path
     assert manager.selected_path() == model.path
-    window.close()
-    window.store.close()
+    close(window)

@@ -8,26 +8,8 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QAbstractItemView
 from pytestqt.qtbot import QtBot
 
-from app.chat_window import ChatWindow
 from app.model_manager import ModelManager
-from engine.store import Store
-
-TIMEOUT_MS = 60_000
-
-
-def open_manager(qtbot: QtBot) -> tuple[ChatWindow, ModelManager]:
-    window = ChatWindow(Store(), autoload=False)
-    qtbot.addWidget(window)
-    window.show()
-    manager = window.open_model_manager()
-    with qtbot.waitSignal(manager.machine_ready, timeout=TIMEOUT_MS):
-        pass
-    return window, manager
-
-
-def close(window: ChatWindow) -> None:
-    window.close()
-    window.store.close()
+from tests.helpers.windows import TIMEOUT_MS, close, open_manager
 
 
 def add_local(qtbot: QtBot, manager: ModelManager, path: Path) -> None:

@@ -70,6 +70,16 @@ def downloader(library: Library, events: Events, **kwargs: Any) -> Downloader:
     return Downloader(library, events, retry=kwargs.pop("retry", FAST), **kwargs)
 
 
+def download_all(library: Library, release: Release, events: Events | None = None) -> None:
+    """Queue ``release`` and wait until the downloader has nothing left to do."""
+    loader = downloader(library, events or Events())
+    try:
+        loader.enqueue(release)
+        assert loader.wait_idle(30)
+    finally:
+        loader.close()
+
+
 def single(library: Library) -> Release:
     return resolve(HUB_REPO, "Q8_0", hub_config(library), catalog_id="synthetic", quant="Q8_0")
 
@@ -158,12 +168,7 @@ def test_single_file_download_is_verified_and_installed(
 def test_split_model_downloads_every_part(library: Library, hub: FakeHub) -> None:
     events = Events()
     release = resolve(SPLIT_REPO, "Q8_0", hub_config(library))
-    loader = downloader(library, events)
-    try:
-        loader.enqueue(release)
-        assert loader.wait_idle(30)
-    finally:
-        loader.close()
+    download_all(library, release, events)
     (model,) = library.installed()
     assert len(model.files) == 3
     assert model.path.endswith("Split-MoE-Q8_0-00001-of-00003.gguf")
@@ -178,12 +183,7 @@ def test_dropped_connection_resumes_without_fetching_bytes_again(
     release = single(library)
     size = release.size
     hub.fail_next = [Fault("drop", after=size // 2)]
-    loader = downloader(library, Events())
-    try:
-        loader.enqueue(release)
-        assert loader.wait_idle(30)
-    finally:
-        loader.close()
+    download_all(library, release)
     assert len(library.installed()) == 1
     gets = hub.counters.gets("/blobs/")
     assert len(gets) == 2
@@ -196,12 +196,7 @@ def test_server_errors_are_retried_with_backoff(library: Library, hub: FakeHub) 
     events = Events()
     release = single(library)
     hub.fail_next = [Fault("status", status=500), Fault("status", status=503)]
-    loader = downloader(library, events)
-    try:
-        loader.enqueue(release)
-        assert loader.wait_idle(30)
-    finally:
-        loader.close()
+    download_all(library, release, events)
     assert len(library.installed()) == 1
     assert events.states().count("retrying") == 2
     assert "retrying in" in next(e.message for e in events.items if e.state == "retrying")
@@ -235,13 +230,8 @@ def test_stall_watchdog_drops_a_silent_connection_and_resumes(
 ) -> None:
     release = single(library)
     hub.fail_next = [Fault("stall", after=2 * MiB, seconds=120)]
-    loader = downloader(library, Events())
-    try:
-        loader.enqueue(release)
-        # Without the watchdog this would hang for the server's 120 s stall.
-        assert loader.wait_idle(30)
-    finally:
-        loader.close()
+    # Without the watchdog this would hang for the server's 120 s stall.
+    download_all(library, release)
     assert len(library.installed()) == 1
     assert len(hub.counters.gets("/blobs/")) >= 2
 
@@ -488,12 +478,7 @@ def test_import_copies_or_links_a_checked_gguf(
 
 
 def test_delete_and_move_models_directory(library: Library, hub: FakeHub, tmp_path: Path) -> None:
-    loader = downloader(library, Events())
-    try:
-        loader.enqueue(resolve(SPLIT_REPO, "Q8_0", hub_config(library)))
-        assert loader.wait_idle(30)
-    finally:
-        loader.close()
+    download_all(library, resolve(SPLIT_REPO, "Q8_0", hub_config(library)))
     (model,) = library.installed()
     old_root = library.models_dir
     library.move_models_dir(tmp_path / "elsewhere")
