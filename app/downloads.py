@@ -119,10 +119,15 @@ class Downloads(QObject):
         self.downloader.close()
 
 
+def catalog_key(catalog_id: str, quant: str) -> str:
+    """Names one catalog row: a model's quantization."""
+    return f"{catalog_id}:{quant}"
+
+
 def key_of(release: Release) -> str:
     """The catalog row a release belongs to (catalog id + quant), or its repo and file."""
     if release.catalog_id:
-        return f"{release.catalog_id}:{release.quant}"
+        return catalog_key(release.catalog_id, release.quant)
     return f"{release.repo}/{release.files[0].path}"
 
 
@@ -165,7 +170,6 @@ class DownloadRow(QWidget):
         self.state = event.state
         self.bar.setValue(int(event.fraction * 1000))
         self.status.setText(html.escape(describe(event)))
-        self.status.setObjectName("warningLabel" if event.state == "failed" else "")
         self.status.setStyleSheet("color:#b91c1c" if event.state == "failed" else "")
         done = event.state == "done"
         self.model_path = event.model_path

@@ -28,7 +28,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.background import run_in_background
-from app.downloads import Downloads, DownloadsPanel, action_text
+from app.downloads import Downloads, DownloadsPanel, action_text, catalog_key
 from app.settings_dialog import SettingsDialog
 from engine.catalog import CatalogModel, load_catalog
 from engine.downloads import DownloadEvent
@@ -342,12 +342,12 @@ class ModelManager(QDialog):
 
     def _installed(self, key: str) -> InstalledModel | None:
         return next(
-            (m for m in self.library.installed() if f"{m.catalog_id}:{m.quant}" == key), None
+            (m for m in self.library.installed() if catalog_key(m.catalog_id, m.quant) == key), None
         )
 
     def _action_cell(self, candidate: Candidate) -> QWidget:
         """Download / Pause / Resume / Load, and Cancel while a download exists."""
-        key = f"{candidate.model.id}:{candidate.quant.quant}"
+        key = catalog_key(candidate.model.id, candidate.quant.quant)
         cell = QWidget(self.table)
         row = QHBoxLayout(cell)
         row.setContentsMargins(2, 0, 2, 0)
@@ -381,7 +381,7 @@ class ModelManager(QDialog):
             self._actions.pop(key, None)
 
     def _on_action(self, candidate: Candidate) -> None:
-        key = f"{candidate.model.id}:{candidate.quant.quant}"
+        key = catalog_key(candidate.model.id, candidate.quant.quant)
         self.download_error.hide()
         installed = self._installed(key)
         event = self.downloads.for_key(key)
@@ -419,8 +419,9 @@ class ModelManager(QDialog):
 
     @Slot(object)
     def _on_downloads_changed(self, event: DownloadEvent) -> None:
-        for key in list(self._actions):
-            self._update_action(key)
+        key = self.downloads.keys.get(event.job_id)  # progress comes ten times a second
+        for row_key in [key] if key in self._actions else list(self._actions):
+            self._update_action(row_key)
         if event.state == "done":
             self._refill_local()
             self._select_path(event.model_path)

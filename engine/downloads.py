@@ -623,8 +623,8 @@ class Downloader:
             self._cond.notify_all()
         if state == "cancelled" and not running:
             self._delete_parts(job.release)
-        self._emit(replace(self.event(job), state=state, done=0 if state == "cancelled" else
-                           on_disk(self.library.models_dir, job.release)))  # fmt: skip
+        event = self.event(job)  # job.state is ``state`` now
+        self._emit(replace(event, done=0) if state == "cancelled" else event)
 
     def _delete_parts(self, release: Release) -> None:
         directory = self.library.models_dir
@@ -673,7 +673,7 @@ class Downloader:
                 return  # paused or cancelled meanwhile: that is what the user asked for
             job.state, job.message = "failed", f"{message} {hint}".strip()
             self._save()
-        self._emit(replace(self.event(job), state="failed"))
+        self._emit(self.event(job))
 
     def _download(self, job: Job, stop: threading.Event) -> InstalledModel | None:
         release = job.release
