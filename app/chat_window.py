@@ -30,6 +30,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.about import AboutDialog
 from app.background import run_in_background
 from app.downloads import Downloads, describe
 from app.model_manager import CONTEXT_KEY, MEASURED_KEY, ModelManager
@@ -243,13 +244,18 @@ class ChatWindow(QMainWindow):
             label.setObjectName("statLabel")
             status.addPermanentWidget(label)
 
-        open_action = QAction("Open model…", self)
-        open_action.setShortcut(QKeySequence.StandardKey.Open)
-        open_action.triggered.connect(self._on_open_button_clicked)
-        new_action = QAction("New chat", self)
-        new_action.setShortcut(QKeySequence.StandardKey.New)
-        new_action.triggered.connect(self._on_new_button_clicked)
-        self.addActions([open_action, new_action])
+        file_menu = self.menuBar().addMenu("&File")
+        file_menu.addAction("&New chat", QKeySequence.StandardKey.New, self._on_new_button_clicked)
+        file_menu.addAction(
+            "&Open model…", QKeySequence.StandardKey.Open, self._on_open_button_clicked
+        )
+        file_menu.addAction("&Models…", QKeySequence("Ctrl+M"), self.open_model_manager)
+        file_menu.addSeparator()
+        quit_action = file_menu.addAction("&Quit", QKeySequence.StandardKey.Quit, self.close)
+        quit_action.setMenuRole(QAction.MenuRole.QuitRole)
+        help_menu = self.menuBar().addMenu("&Help")
+        about_action = help_menu.addAction("&About MoE Chat", self.open_about)
+        about_action.setMenuRole(QAction.MenuRole.AboutRole)
 
     def _start_worker(self) -> None:
         self._thread = QThread(self)
@@ -288,6 +294,13 @@ class ChatWindow(QMainWindow):
         self._manager.show()
         self._manager.raise_()
         return self._manager
+
+    @Slot()
+    def open_about(self) -> AboutDialog:
+        dialog = AboutDialog(self.library, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        return dialog
 
     @Slot()
     def _on_manager_finished(self) -> None:

@@ -7,17 +7,13 @@ import logging
 import logging.handlers
 import sys
 import traceback
-from importlib import metadata, resources
+from importlib import resources
 from types import TracebackType
 
+from engine import package_version
+
 log = logging.getLogger("moe_chat")
-
-
-def _version() -> str:
-    try:
-        return metadata.version("moe-chat")
-    except metadata.PackageNotFoundError:
-        return "unknown"
+DESKTOP_ID = "io.github.moechat.MoEChat"  # packaging/linux/<id>.desktop
 
 
 def _setup_logging() -> None:
@@ -68,7 +64,7 @@ def _install_excepthook() -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="moe-chat", description="Chat with a local MoE model.")
     parser.add_argument("--self-test", action="store_true", help="headless engine check, then exit")
-    parser.add_argument("--version", action="version", version=f"moe-chat {_version()}")
+    parser.add_argument("--version", action="version", version=f"moe-chat {package_version()}")
     parser.add_argument("model", nargs="?", help="a .gguf file to load at start")
     args, qt_args = parser.parse_known_args(argv)
 
@@ -77,6 +73,7 @@ def main(argv: list[str] | None = None) -> int:
 
         return run()
 
+    from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication
 
     from app.chat_window import ChatWindow
@@ -86,7 +83,9 @@ def main(argv: list[str] | None = None) -> int:
     _setup_logging()
     app = QApplication([sys.argv[0], *qt_args])
     app.setApplicationName("MoE Chat")
-    app.setApplicationVersion(_version())
+    app.setApplicationVersion(package_version())
+    app.setDesktopFileName(DESKTOP_ID)  # ties the window to the installed desktop entry
+    app.setWindowIcon(QIcon(str(resources.files("resources").joinpath("moe-chat.svg"))))
     app.setStyleSheet(resources.files("resources").joinpath("style.qss").read_text("utf-8"))
     _install_excepthook()
     try:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from engine import package_version
 from engine.errors import ModelLoadError
 from engine.native import ggml, llama_cpp
 from engine.placement import Placement
@@ -82,6 +83,59 @@ def compiled_backends() -> list[str]:
         (lib.ggml_backend_reg_name(lib.ggml_backend_reg_get(i)) or b"?").decode()
         for i in range(count)
     ]
+
+
+# Backends that run the model on an accelerator, in the order a build's name prefers them.
+ACCELERATOR_BACKENDS = ("CUDA", "ROCm", "HIP", "Metal", "Vulkan", "SYCL", "CANN", "MUSA")
+# Entries of the CPU part of llama_print_system_info that are features, not instruction sets.
+_NOT_INSTRUCTION_SETS = {"LLAMAFILE", "OPENMP", "REPACK", "KLEIDIAI", "ACCELERATE"}
+
+
+@dataclass(frozen=True)
+class EngineBuild:
+    """What the engine build in use carries: shown by the About box and ``--self-test``."""
+
+    version: str  # llama-cpp-python's
+    backends: tuple[str, ...]  # compiled in, whether or not a device is present
+    cpu_instruction_sets: tuple[str, ...]  # what the CPU code was compiled for
+
+    @property
+    def accelerator(self) -> str | None:
+        """The GPU backend of this build (``CUDA``, ``Vulkan``, ``Metal``…), None for CPU only."""
+        return next((b for b in ACCELERATOR_BACKENDS if b in self.backends), None)
+
+    def describe(self) -> str:
+        kind = f"{self.accelerator} build" if self.accelerator else "CPU-only build"
+        isas = ", ".join(self.cpu_instruction_sets) or "baseline"
+        return (
+            f"llama.cpp via llama-cpp-python {self.version}: {kind} "
+            f"(backends {', '.join(self.backends)}; CPU code for {isas})"
+        )
+
+
+def engine_build() -> EngineBuild:
+    """Describe the engine build this process loaded."""
+    bindings = llama_cpp()
+    info = (bindings.llama_print_system_info() or b"").decode(errors="replace")
+    return EngineBuild(
+        version=package_version("llama-cpp-python"),
+        backends=tuple(compiled_backends()),
+        cpu_instruction_sets=parse_cpu_instruction_sets(info),
+    )
+
+
+def parse_cpu_instruction_sets(system_info: str) -> tuple[str, ...]:
+    """``CPU : SSE3 = 1 | AVX2 = 1 | OPENMP = 1 | …`` -> ``("SSE3", "AVX2")``."""
+    sets: list[str] = []
+    section = ""
+    for part in system_info.split("|"):
+        if ":" in part:  # a new section starts: "CPU : SSE3 = 1", "CUDA : ARCHS = 900"
+            section, _, part = part.partition(":")
+            section = section.strip()
+        name, _, value = (piece.strip() for piece in part.partition("="))
+        if section == "CPU" and value == "1" and name not in _NOT_INSTRUCTION_SETS:
+            sets.append(name)
+    return tuple(sets)
 
 
 def buffer_type(device_name: str) -> Any:

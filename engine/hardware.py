@@ -148,20 +148,13 @@ def probe_engine(
 
 def engine_view() -> dict[str, Any]:
     """What ``probe_engine`` reports, asked in this process (the engine must load here)."""
-    from engine.devices import compiled_backends, list_devices
-    from engine.native import llama_cpp
+    from engine.devices import engine_build, list_devices
 
-    info = (llama_cpp().llama_print_system_info() or b"").decode(errors="replace")
-    build_flags = {"llamafile", "openmp", "repack", "kleidiai", "accelerate", "metal"}
-    features = sorted(
-        name.lower()
-        for name, on in re.findall(r"(\w+) = (\d)", info)
-        if on == "1" and name.lower() not in build_flags
-    )
+    build = engine_build()
     return {
-        "backends": compiled_backends(),
+        "backends": list(build.backends),
         "devices": [asdict(d) for d in list_devices()],
-        "cpu_features": features,
+        "cpu_features": sorted(name.lower() for name in build.cpu_instruction_sets),
     }
 
 

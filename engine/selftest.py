@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import platform
 import sys
 import tempfile
 import time
@@ -19,13 +20,22 @@ def run(out: TextIO = sys.stdout) -> int:
     """
     started = time.perf_counter()
     try:
-        from engine.devices import compiled_backends, list_devices
+        from engine import package_version
+        from engine.devices import engine_build, list_devices
+        from engine.hardware import probe_engine
         from engine.session import SamplingSettings, Session
         from engine.synthetic import build_synthetic_moe
 
+        print(f"moe-chat {package_version()}, Python {platform.python_version()}", file=out)
+        print(f"engine: {engine_build().describe()}", file=out)
         devices = list_devices()
         print(f"engine devices: {', '.join(f'{d.name} ({d.kind})' for d in devices)}", file=out)
-        print(f"engine backends: {', '.join(compiled_backends())}", file=out)
+        # The app probes hardware in a child process (`python -m engine.hardware`); in an
+        # installed bundle that child is the bundle's own program, so check that it answers.
+        if probe_engine() is None:
+            print("self-test FAILED: the hardware probe child process did not answer", file=out)
+            return 1
+        print("hardware probe (child process): ok", file=out)
         with tempfile.TemporaryDirectory(prefix="moe-chat-selftest-") as tmp:
             path = build_synthetic_moe(Path(tmp) / "synthetic-moe.gguf")
             with Session(path) as session:

@@ -10,10 +10,13 @@ from pathlib import Path
 
 import pytest
 from PySide6.QtCore import Qt
+from PySide6.QtGui import QGuiApplication, QKeySequence
 from PySide6.QtWidgets import QInputDialog, QMessageBox
 from pytestqt.qtbot import QtBot
 
+from app.about import AboutDialog
 from app.chat_window import LAST_MODEL_KEY, ChatWindow
+from engine import package_version
 from engine.store import Store
 from tests.helpers.windows import close
 
@@ -163,4 +166,35 @@ def test_an_expected_error_in_a_slot_lands_in_the_banner(
     sys.excepthook(StoreError, error, None)
     assert window.error_banner.isVisible()
     assert window.error_label.text() == str(error)
+    close(window)
+
+
+def test_help_about_names_the_engine_build_and_copies_the_details(qtbot: QtBot) -> None:
+    window = open_window(qtbot)
+    menus = {action.text().replace("&", ""): action.menu() for action in window.menuBar().actions()}
+    about = next(a for a in menus["Help"].actions() if a.text() == "&About MoE Chat")
+    about.trigger()
+    dialog = window.findChild(AboutDialog)
+    assert dialog is not None
+    qtbot.waitExposed(dialog)
+    facts = dict(dialog.facts)
+    assert facts["Engine"].startswith("llama.cpp via llama-cpp-python 0.3.36: CPU-only build")
+    assert "CPU-only build" in facts["GPUs the engine uses"]
+    assert facts["Version"] == package_version()
+    assert "0.3.36" in dialog.text.text()
+    qtbot.mouseClick(dialog.copy_button, Qt.MouseButton.LeftButton)
+    copied = QGuiApplication.clipboard().text()
+    assert copied.splitlines()[0] == f"Version: {package_version()}"
+    assert f"Models folder: {window.library.models_dir}" in copied
+    dialog.close()
+    close(window)
+
+
+def test_file_menu_quit_closes_the_window(qtbot: QtBot) -> None:
+    window = open_window(qtbot)
+    menus = {action.text().replace("&", ""): action.menu() for action in window.menuBar().actions()}
+    quit_action = next(a for a in menus["File"].actions() if a.text() == "&Quit")
+    assert quit_action.shortcut().matches(QKeySequence(QKeySequence.StandardKey.Quit))
+    quit_action.trigger()
+    qtbot.waitUntil(lambda: not window.isVisible())
     close(window)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -33,6 +34,8 @@ def test_self_test_passes_without_a_display(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert "self-test passed" in result.stdout
     assert "reply: '" in result.stdout and "tokens/s" in result.stdout
+    assert "engine: llama.cpp via llama-cpp-python 0.3.36: CPU-only build" in result.stdout
+    assert "hardware probe (child process): ok" in result.stdout
     assert "qt modules loaded: []" in result.stdout
 
 
@@ -46,3 +49,26 @@ def test_version_flag() -> None:
     )
     assert result.returncode == 0
     assert result.stdout.startswith("moe-chat ")
+
+
+def test_bundle_entry_runs_engine_modules_as_children() -> None:
+    """In the bundle ``sys.executable`` is the app; packaging/entry.py serves ``-m engine.…``."""
+    root = Path(__file__).parents[2]
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(root / "packaging" / "entry.py"),
+            "-m",
+            "engine.hardware",
+            "--engine-probe",
+        ],
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    probe = json.loads(result.stdout.strip().splitlines()[-1])
+    assert "CPU" in probe["backends"]
+    assert any(device["kind"] == "CPU" for device in probe["devices"])
