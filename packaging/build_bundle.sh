@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Build the one-folder app bundle with PyInstaller.
 #
-#   packaging/build_bundle.sh [cpu|cuda|vulkan]   -> build/dist-<variant>/moe-chat/
+#   packaging/build_bundle.sh [cpu|metal|cuda|vulkan]   -> build/dist-<variant>/moe-chat/
 #                                                    (macOS: also "MoE Chat.app")
 #
 # A virtual environment of its own (build/venv-<variant>) holds the app, its runtime

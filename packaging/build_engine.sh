@@ -1,11 +1,11 @@
 #!/usr/bin/env bash
 # Build the engine (llama-cpp-python) wheel that an installer ships.
 #
-#   packaging/build_engine.sh [cpu|cuda|vulkan]      -> build/engine/<variant>/*.whl
+#   packaging/build_engine.sh [cpu|metal|cuda|vulkan]   -> build/engine/<variant>/*.whl
 #
-# Every variant is portable: -DGGML_NATIVE=OFF targets any x86-64 CPU with AVX2 instead of
-# the build machine's own instruction set. CUDA and Vulkan add their backend on top and need
-# the CUDA toolkit / Vulkan SDK (glslc) on the build machine. EXTRA_CMAKE_ARGS adds more,
+# Every variant is portable: -DGGML_NATIVE=OFF targets any x86-64 CPU with AVX2 (any Apple
+# Silicon Mac) instead of the build machine's own CPU. CUDA and Vulkan add their backend on
+# top and need the CUDA toolkit / Vulkan SDK (glslc) on the build machine; metal is macOS's. EXTRA_CMAKE_ARGS adds more,
 # e.g. EXTRA_CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=86;89;90" for a smaller CUDA build.
 #
 # pip reuses a cached wheel whatever CMAKE_ARGS says, so this never uses pip's cache; the
@@ -18,10 +18,12 @@ variant="${1:-cpu}"
 python="${PYTHON:-python3}"
 version="$("$python" packaging/project_info.py engine-version)"
 case "$variant" in
-  cpu)    backend_args="" ;;
+  cpu)    backend_args=""  # on macOS Metal is on by default: turn it off for a CPU build
+          [[ "$(uname)" == Darwin ]] && backend_args="-DGGML_METAL=OFF" ;;
+  metal)  backend_args="-DGGML_METAL=ON" ;;
   cuda)   backend_args="-DGGML_CUDA=on" ;;
   vulkan) backend_args="-DGGML_VULKAN=on" ;;
-  *) echo "unknown engine variant '$variant' (cpu, cuda or vulkan)" >&2; exit 2 ;;
+  *) echo "unknown engine variant '$variant' (cpu, metal, cuda or vulkan)" >&2; exit 2 ;;
 esac
 cmake_args="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF $backend_args ${EXTRA_CMAKE_ARGS:-}"
 cmake_args="$(echo "$cmake_args" | xargs)"  # tidy spaces: the stamp compares exact text

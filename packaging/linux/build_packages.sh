@@ -33,7 +33,10 @@ echo "tarball: $tarball ($(du -h "$tarball" | cut -f1))"
 # -- .deb ----------------------------------------------------------------------------------
 # The system libraries the bundle links to but does not ship (Qt's xcb and wayland libraries,
 # the GL stack, fontconfig, the C++ runtime…), by package: packaging/linux/system-libs.txt.
-mapfile -t depends < <(grep -v '^#' packaging/linux/system-libs.txt | awk 'NF {print $1}')
+mapfile -t depends < <(grep -v '^#' packaging/linux/system-libs.txt | awk -v variant="$variant" '
+  NF == 0 { next }
+  $1 !~ /:/ { print $1; next }
+  { split($1, part, ":"); if (part[1] == variant && part[2] != "-") print part[2] }')
 root="build/deb-$variant"
 rm -rf "$root"
 mkdir -p "$root/DEBIAN" "$root/opt" "$root/usr/bin" "$root/usr/share/applications" \
