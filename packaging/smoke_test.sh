@@ -132,6 +132,14 @@ if have Xvfb && have xdotool && have import; then
   else
     skip "openbox is not installed: windows are shown without a window manager"
   fi
+  screenshot() {  # screenshot NAME: the whole screen into the log folder; blank fails
+    local png="$logs/installed-app-$1.png"
+    DISPLAY=$display import -window root "$png"
+    local colours
+    colours="$(identify -format '%k' "$png")"
+    echo "screenshot: $png ($colours colours)"
+    ((colours > 50)) || fail "the screenshot $png is blank"
+  }
   gui_home="$work/home-gui"
   mkdir -p "$gui_home"
   for run in cold warm; do
@@ -156,10 +164,12 @@ if have Xvfb && have xdotool && have import; then
     echo "${starts[-1]}"
     sleep 2  # let it paint, open the first-run model manager, probe the hardware
     if [[ $run == cold ]]; then
-      DISPLAY=$display import -window root "$logs/installed-app.png"
-      colours="$(identify -format '%k' "$logs/installed-app.png")"
-      echo "screenshot: $logs/installed-app.png ($colours colours)"
-      ((colours > 50)) || fail "the screenshot is blank"
+      screenshot first-run  # the model manager opens by itself on a first start
+      dialog="$(DISPLAY=$display xdotool search --onlyvisible --name '^Models$' | head -1)" \
+        || fail "the model manager did not open on the first start"
+      DISPLAY=$display xdotool windowfocus --sync "$dialog" key Escape
+      sleep 1
+      screenshot chat-window
     fi
     DISPLAY=$display xdotool windowfocus --sync "$window" key --clearmodifiers ctrl+q
     for _ in $(seq 200); do kill -0 "$app_pid" 2>/dev/null || break; sleep 0.05; done
@@ -200,9 +210,9 @@ if have makensis; then
   # Linux bundle stands in for it here, so this checks that the script compiles.
   started=$SECONDS
   makensis -V2 -DVERSION="$version" -DBUNDLE_DIR="$PWD/$bundle" \
-    -DICON="$PWD/build/icons/moe-chat.ico" -DOUTFILE="$work/setup.exe" \
+    -DICON="$PWD/build/icons/moe-chat.ico" -DOUTFILE="$work/MoE-Chat-$version-check.exe" \
     packaging/windows/moe-chat.nsi || fail "makensis failed"
-  echo "installer: $(($(stat -c %s "$work/setup.exe") / 1000000)) MB"
+  echo "installer: $(($(stat -c %s "$work/MoE-Chat-$version-check.exe") / 1000000)) MB"
   echo "makensis: compiled in $((SECONDS - started)) s"
 else
   skip "makensis is not installed (Debian package nsis): the NSIS script was not compiled"
