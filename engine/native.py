@@ -57,13 +57,42 @@ def _promote_libstdcxx() -> None:
         ctypes.CDLL("libstdc++.so.6", mode=ctypes.RTLD_GLOBAL)
 
 
+class _EngineLibraries:
+    """ggml's functions, looked up in libllama first, then in libggml and libggml-base.
+
+    On Linux and macOS libllama's handle also finds the symbols of the libraries it links
+    to; a Windows DLL does not re-export them, so there they come from ggml(-base).dll.
+    """
+
+    def __init__(self, bindings: ModuleType) -> None:
+        self._libs: list[Any] = [bindings._lib]
+        self._base_path = bindings._base_path
+        self._loaded_ggml = False
+
+    def __getattr__(self, name: str) -> Any:
+        for lib in self._libs:
+            with contextlib.suppress(AttributeError):
+                function = getattr(lib, name)
+                setattr(self, name, function)  # found once, then a plain attribute
+                return function
+        if not self._loaded_ggml:
+            self._loaded_ggml = True
+            from llama_cpp._ctypes_extensions import load_shared_library
+
+            for base in ("ggml", "ggml-base"):
+                with contextlib.suppress(OSError, RuntimeError, FileNotFoundError):
+                    self._libs.append(load_shared_library(base, self._base_path))
+            return self.__getattr__(name)
+        raise AttributeError(f"the engine's libraries export no {name}")
+
+
 def ggml() -> Any:
-    """The engine's shared library with ggml's backend-device functions declared."""
+    """The engine's libraries, with ggml's backend-device and tensor functions declared."""
     global _ggml
     bindings = llama_cpp()
     with _lock:
         if _ggml is None:
-            lib = bindings._lib
+            lib = _EngineLibraries(bindings)
             vp, sz = ctypes.c_void_p, ctypes.c_size_t
             signatures: dict[str, tuple[list[Any], Any]] = {
                 "ggml_backend_dev_count": ([], sz),
@@ -80,6 +109,9 @@ def ggml() -> Any:
                 "ggml_backend_register": ([vp], None),
                 "ggml_backend_reg_by_name": ([ctypes.c_char_p], vp),
                 "ggml_backend_reg_get_proc_address": ([vp, ctypes.c_char_p], vp),
+                "ggml_get_name": ([vp], ctypes.c_char_p),
+                "ggml_nbytes": ([vp], sz),
+                "ggml_backend_tensor_get": ([vp, vp, sz, sz], None),
             }
             for name, (argtypes, restype) in signatures.items():
                 function = getattr(lib, name)

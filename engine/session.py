@@ -25,6 +25,7 @@ from engine import engine_log
 from engine.devices import TensorOverrides, list_devices
 from engine.errors import GenerationError, ModelLoadError
 from engine.gguf_file import GGUFInfo, read_gguf
+from engine.heat import HeatProfile, RoutingCapture
 from engine.native import llama_cpp
 from engine.placement import Placement
 
@@ -142,8 +143,11 @@ class Session:
         settings: LoadSettings | None = None,
         on_progress: Callable[[float], bool] | None = None,
         dry_run: bool = False,
+        heat: HeatProfile | None = None,
     ) -> None:
         self.settings = settings or LoadSettings()
+        self._capture: RoutingCapture | None = None
+        self._heat = heat
         self.dry_run = dry_run
         self.info: GGUFInfo = read_gguf(path)
         self.path = self.info.path  # the first part of a split model is what the engine loads
@@ -205,36 +209,66 @@ class Session:
                 raise self._load_error(lines, "the model")
             self._model = model
             self._vocab = ll.llama_model_get_vocab(model)
-            ctx_params = ll.llama_context_default_params()
-            settings = self.settings
-            n_ctx = settings.n_ctx or self.info.context_length
-            if self.info.context_length:  # beyond its training context a model degrades
-                n_ctx = min(n_ctx, self.info.context_length)
-            ctx_params.n_ctx = n_ctx
-            ctx_params.n_batch = min(settings.n_batch, n_ctx)
-            ctx_params.n_ubatch = min(settings.n_ubatch, settings.n_batch, n_ctx)
-            threads = settings.n_threads or default_threads()
-            ctx_params.n_threads = threads
-            ctx_params.n_threads_batch = threads
-            ctx_params.no_perf = True
-            if settings.flash_attention is not None:
-                ctx_params.flash_attn_type = (
-                    ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
-                    if settings.flash_attention
-                    else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
-                )
-            ctx = ll.llama_init_from_model(model, ctx_params)
-            if not ctx:
-                self.close()
-                raise self._load_error(lines, "its context")
-            self._ctx = ctx
+            self._make_context(lines)
         self.load_report = engine_log.parse_load_log(lines)
-        self.n_ctx = int(ll.llama_n_ctx(ctx))
-        self.n_batch = int(ctx_params.n_batch)
         self.n_vocab = int(ll.llama_vocab_n_tokens(self._vocab))
-        self._memory = ll.llama_get_memory(ctx)
         self._piece_buffer = ctypes.create_string_buffer(256)
         self._formatter = self._make_formatter()
+
+    def _make_context(self, lines: list[tuple[int, str]]) -> None:
+        """The context (KV cache, compute buffers), with routing capture when profiling."""
+        ll = self._ll
+        ctx_params = ll.llama_context_default_params()
+        settings = self.settings
+        n_ctx = settings.n_ctx or self.info.context_length
+        if self.info.context_length:  # beyond its training context a model degrades
+            n_ctx = min(n_ctx, self.info.context_length)
+        ctx_params.n_ctx = n_ctx
+        ctx_params.n_batch = min(settings.n_batch, n_ctx)
+        ctx_params.n_ubatch = min(settings.n_ubatch, settings.n_batch, n_ctx)
+        threads = settings.n_threads or default_threads()
+        ctx_params.n_threads = threads
+        ctx_params.n_threads_batch = threads
+        ctx_params.no_perf = True
+        if settings.flash_attention is not None:
+            ctx_params.flash_attn_type = (
+                ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
+                if settings.flash_attention
+                else ll.LLAMA_FLASH_ATTN_TYPE_DISABLED
+            )
+        self._capture = RoutingCapture(self._heat) if self._heat is not None else None
+        if self._capture is not None:
+            ctx_params.cb_eval = self._capture.callback
+        ctx = ll.llama_init_from_model(self._model, ctx_params)
+        if not ctx:
+            self.close()
+            raise self._load_error(lines, "its context")
+        self._ctx = ctx
+        self.n_ctx = int(ll.llama_n_ctx(ctx))
+        self.n_batch = int(ctx_params.n_batch)
+        self._memory = ll.llama_get_memory(ctx)
+        self._cached = []
+
+    @property
+    def heat(self) -> HeatProfile | None:
+        """The profile routing is counted into, None when profiling is off."""
+        return self._heat
+
+    def set_heat(self, heat: HeatProfile | None) -> None:
+        """Turn routing capture on (counting into ``heat``) or off (None).
+
+        The eval callback is fixed when a context is made, so this makes a new context: the
+        next reply computes its prompt again. Off costs nothing; on costs a Python call per
+        graph node (bench/heat.py measures it).
+        """
+        if heat is self._heat or self._model is None:
+            self._heat = heat
+            return
+        self._ll.llama_free(self._ctx)
+        self._ctx = None
+        self._heat = heat
+        with engine_log.capture() as lines:
+            self._make_context(lines)
 
     def _load_error(self, lines: list[tuple[int, str]], what: str) -> ModelLoadError:
         if self._load_aborted:
@@ -385,6 +419,8 @@ class Session:
         sampler = self._sampler(sampling)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
+            if self._capture is not None:
+                self._capture.phase = "prompt"
             todo = prompt[common:]
             for begin in range(0, len(todo), self.n_batch):
                 if cancel.is_set():
@@ -394,6 +430,8 @@ class Session:
             prompt_time = time.perf_counter() - start
             stats.prompt_tokens_per_s = (len(todo) / prompt_time) if prompt_time > 0 else 0.0
             first_token_at = 0.0
+            if self._capture is not None:
+                self._capture.phase = "generation"
             while not stats.stop_reason:
                 token = ll.llama_sampler_sample(sampler, self._ctx, -1)
                 if ll.llama_vocab_is_eog(self._vocab, token):

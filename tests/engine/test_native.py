@@ -28,3 +28,17 @@ def test_cxx_runtime_is_global_even_when_numpy_loaded_it_first() -> None:
         timeout=120,
     )
     assert result.stdout.strip() == "True", result.stderr[-2000:]
+
+
+def test_ggml_functions_are_found_in_ggml_when_libllama_does_not_export_them() -> None:
+    """Windows DLLs do not re-export their dependencies' symbols; libm stands in for that."""
+    import ctypes.util
+    from types import SimpleNamespace
+
+    from engine.native import _EngineLibraries, llama_cpp
+
+    bindings = llama_cpp()
+    libm = ctypes.CDLL(ctypes.util.find_library("m"))
+    libs = _EngineLibraries(SimpleNamespace(_lib=libm, _base_path=bindings._base_path))  # type: ignore[arg-type]
+    assert libs.ggml_backend_dev_count is not None
+    assert libs.ggml_get_name is not None

@@ -1,0 +1,298 @@
+"""Expert heat: which experts the router picks, counted per layer, and how skewed that is.
+
+Routing is captured through the context's eval callback: the engine offers every graph
+node, we ask for the ``ffn_moe_topk-<layer>`` ones (the I32 ids of the experts chosen for
+each token, ``[n_expert_used, n_tokens]``) and copy them out after they are computed. That
+costs a Python call per graph node, so it is a profiling mode, off unless turned on.
+
+Counts are kept per layer and expert, for prompt processing and generation apart, and in
+time-ordered blocks so that a held-out check can learn the hot set on the first half of the
+recorded tokens and measure it on the second half. A profile belongs to one model file and
+is saved in the user data folder.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import hashlib
+import json
+import math
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from engine.library import atomic_write_json
+from engine.paths import app_home
+
+Phase = Literal["prompt", "generation"]
+PHASES: tuple[Phase, ...] = ("prompt", "generation")
+TOPK_PREFIX = b"ffn_moe_topk-"
+BLOCK_TOKENS = 256  # tokens per time-ordered block of counts
+MAX_BLOCKS = 128  # beyond this, neighbouring blocks merge (halves stay exact enough)
+FORMAT_VERSION = 1
+
+
+def model_key(path: str | Path) -> str:
+    """Identifies a model file's contents cheaply: name, size and modification time."""
+    stat = Path(path).stat()
+    text = f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}"
+    return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+
+def heat_dir() -> Path:
+    path = app_home() / "heat"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# -- counts ----------------------------------------------------------------------------------
+
+
+@dataclass
+class HeatProfile:
+    """Routing counts of one model: ``counts[phase][layer, expert]`` = times chosen."""
+
+    n_layers: int
+    n_experts: int
+    n_experts_used: int
+    model: str = ""  # a readable name, for the file
+    key: str = ""  # model_key of the file
+    counts: dict[str, np.ndarray] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    # time-ordered [layers, experts] count blocks over both phases, for the held-out check
+    blocks: list[np.ndarray] = field(default_factory=list)
+    block_tokens: list[int] = field(default_factory=list)
+    block_size: int = BLOCK_TOKENS  # tokens per block; doubles when blocks merge
+
+    def __post_init__(self) -> None:
+        for phase in PHASES:
+            self.counts.setdefault(phase, np.zeros((self.n_layers, self.n_experts), np.int64))
+            self.tokens.setdefault(phase, 0)
+
+    @property
+    def total(self) -> np.ndarray:
+        """Counts of both phases together."""
+        total: np.ndarray = self.counts["prompt"] + self.counts["generation"]
+        return total
+
+    def add(self, phase: Phase, layer: int, ids: np.ndarray, new_tokens: int = 0) -> None:
+        """Count the expert ids chosen in ``layer`` for a batch of tokens (any shape).
+
+        ``new_tokens`` is the batch's token count, given with the first layer of each batch.
+        """
+        if new_tokens or not self.blocks:
+            if not self.blocks or self.block_tokens[-1] >= self.block_size:
+                self.blocks.append(np.zeros((self.n_layers, self.n_experts), np.int64))
+                self.block_tokens.append(0)
+                if len(self.blocks) > MAX_BLOCKS:
+                    self._merge_blocks()
+            self.block_tokens[-1] += new_tokens
+            self.tokens[phase] += new_tokens
+        if not 0 <= layer < self.n_layers:
+            return
+        ids = ids[(ids >= 0) & (ids < self.n_experts)]
+        per_expert = np.bincount(ids.ravel(), minlength=self.n_experts)
+        self.counts[phase][layer] += per_expert
+        self.blocks[-1][layer] += per_expert
+
+    def _merge_blocks(self) -> None:
+        pairs = range(0, len(self.blocks) - 1, 2)
+        blocks = [self.blocks[i] + self.blocks[i + 1] for i in pairs]
+        tokens = [self.block_tokens[i] + self.block_tokens[i + 1] for i in pairs]
+        if len(self.blocks) % 2:
+            blocks.append(self.blocks[-1])
+            tokens.append(self.block_tokens[-1])
+        self.blocks, self.block_tokens = blocks, tokens
+        self.block_size *= 2
+
+    def halves(self) -> tuple[np.ndarray, np.ndarray]:
+        """Counts of the first and second half of the recorded tokens (at a block boundary)."""
+        if not self.blocks:
+            empty = np.zeros((self.n_layers, self.n_experts), np.int64)
+            return empty, empty.copy()
+        cumulative = np.cumsum(self.block_tokens)
+        split = int(np.searchsorted(cumulative, cumulative[-1] / 2)) + 1
+        split = min(max(split, 1), len(self.blocks) - 1) if len(self.blocks) > 1 else 1
+        first = np.sum(self.blocks[:split], axis=0)
+        second = np.sum(self.blocks[split:], axis=0) if split < len(self.blocks) else first * 0
+        return first, second
+
+    # -- persistence ---------------------------------------------------------------------------
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format": FORMAT_VERSION,
+            "model": self.model,
+            "key": self.key,
+            "n_layers": self.n_layers,
+            "n_experts": self.n_experts,
+            "n_experts_used": self.n_experts_used,
+            "counts": {phase: self.counts[phase].tolist() for phase in PHASES},
+            "tokens": dict(self.tokens),
+            "blocks": [block.tolist() for block in self.blocks],
+            "block_tokens": list(self.block_tokens),
+            "block_size": self.block_size,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> HeatProfile:
+        if data.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unknown heat profile format {data.get('format')!r}")
+        profile = cls(
+            n_layers=int(data["n_layers"]),
+            n_experts=int(data["n_experts"]),
+            n_experts_used=int(data["n_experts_used"]),
+            model=str(data.get("model", "")),
+            key=str(data.get("key", "")),
+            counts={p: np.array(data["counts"][p], np.int64) for p in PHASES},
+            tokens={p: int(data["tokens"][p]) for p in PHASES},
+            blocks=[np.array(b, np.int64) for b in data.get("blocks", [])],
+            block_tokens=[int(t) for t in data.get("block_tokens", [])],
+            block_size=int(data.get("block_size", BLOCK_TOKENS)),
+        )
+        shape = (profile.n_layers, profile.n_experts)
+        if any(profile.counts[p].shape != shape for p in PHASES):
+            raise ValueError("heat profile counts do not match its shape")
+        return profile
+
+    def save(self, directory: Path | None = None) -> Path:
+        path = (directory or heat_dir()) / f"{self.key or 'unnamed'}.json"
+        atomic_write_json(path, self.to_json())
+        return path
+
+    @classmethod
+    def load(cls, key: str, directory: Path | None = None) -> HeatProfile | None:
+        """The saved profile of a model, or None (none saved, or unreadable)."""
+        path = (directory or heat_dir()) / f"{key}.json"
+        try:
+            return cls.from_json(json.loads(path.read_text("utf-8")))
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+# -- capture -------------------------------------------------------------------------------
+
+
+class RoutingCapture:
+    """The eval callback that counts router choices into a HeatProfile.
+
+    Pass ``callback`` as ``llama_context_params.cb_eval`` and keep this object alive as long
+    as the context. Set ``phase`` before each decode.
+    """
+
+    def __init__(self, profile: HeatProfile) -> None:
+        from engine.native import ggml, llama_cpp
+
+        self.profile = profile
+        self.phase: Phase = "prompt"
+        self._lib = ggml()
+        self._layer_re = re.compile(rb"^ffn_moe_topk-(\d+)$")
+        self._last_layer = -1
+        self.callback = llama_cpp().ggml_backend_sched_eval_callback(self._on_eval)
+
+    def _on_eval(self, tensor: int, ask: bool, _user_data: int) -> bool:
+        name = self._lib.ggml_get_name(tensor) or b""
+        if ask:
+            return name.startswith(TOPK_PREFIX)
+        match = self._layer_re.match(name)
+        if match is not None:
+            try:
+                self._record(tensor, int(match.group(1)))
+            except Exception:  # never let a Python error cross into the engine
+                return True
+        return True  # False here would stop the graph
+
+    def _record(self, tensor: int, layer: int) -> None:
+        view = _TensorHead.from_address(tensor)
+        n_used, n_tokens = int(view.ne[0]), int(view.ne[1])
+        nbytes = int(self._lib.ggml_nbytes(tensor))
+        raw = (ctypes.c_char * nbytes)()
+        self._lib.ggml_backend_tensor_get(tensor, raw, 0, nbytes)
+        ids = np.lib.stride_tricks.as_strided(
+            np.frombuffer(memoryview(raw), np.int32),
+            shape=(n_tokens, n_used),
+            strides=(int(view.nb[1]), int(view.nb[0])),
+        )
+        # Layers come in order within a batch: a layer at or below the last one starts the
+        # next batch, whose token count is taken there (the last layer keeps output rows only).
+        new_batch = layer <= self._last_layer or self._last_layer < 0
+        self._last_layer = layer
+        self.profile.add(self.phase, layer, ids, new_tokens=n_tokens if new_batch else 0)
+
+
+class _TensorHead(ctypes.Structure):
+    """The start of ``struct ggml_tensor``: type, buffer, ne[4], nb[4] (stable in ggml)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4),
+    ]
+
+
+# -- skew metrics --------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LayerSkew:
+    layer: int
+    reads: int  # routed expert reads counted
+    coverage: tuple[float, ...]  # coverage[j] = share served by the j hottest experts
+    entropy: float  # relative to uniform: 1 = perfectly even, 0 = one expert
+    top_share: float  # share of the hottest expert
+    unused: int  # experts never chosen
+
+
+def coverage_curve(counts: Sequence[int] | np.ndarray) -> np.ndarray:
+    """c[j] for j = 0..E: share of the reads served by the j most-read experts."""
+    ordered = np.sort(np.asarray(counts, np.float64))[::-1]
+    total = ordered.sum()
+    curve = np.concatenate([[0.0], np.cumsum(ordered)])
+    return curve / total if total > 0 else curve
+
+
+def coverage_at(counts: np.ndarray, fraction: float) -> float:
+    """Share of all reads (every layer) served when each layer keeps its hottest ``fraction``."""
+    n_experts = counts.shape[-1]
+    keep = min(n_experts, max(0, round(fraction * n_experts)))
+    total = counts.sum()
+    if total == 0:
+        return 0.0
+    hottest = np.sort(counts, axis=-1)[..., ::-1][..., :keep]
+    return float(hottest.sum() / total)
+
+
+def held_out_coverage(first: np.ndarray, second: np.ndarray, fraction: float) -> float:
+    """Coverage of the second half's reads by the hot sets learned on the first half."""
+    n_experts = first.shape[-1]
+    keep = min(n_experts, max(0, round(fraction * n_experts)))
+    total = second.sum()
+    if total == 0:
+        return 0.0
+    hot = np.argsort(-first, axis=-1, kind="stable")[..., :keep]
+    return float(np.take_along_axis(second, hot, axis=-1).sum() / total)
+
+
+def layer_skew(counts: np.ndarray) -> list[LayerSkew]:
+    rows = []
+    for layer, row in enumerate(np.asarray(counts)):
+        total = int(row.sum())
+        share = row / total if total else np.zeros_like(row, np.float64)
+        nonzero = share[share > 0]
+        entropy = float(-(nonzero * np.log(nonzero)).sum() / math.log(len(row))) if total else 0.0
+        rows.append(
+            LayerSkew(
+                layer=layer,
+                reads=total,
+                coverage=tuple(float(c) for c in coverage_curve(row)),
+                entropy=entropy,
+                top_share=float(share.max()) if total else 0.0,
+                unused=int((row == 0).sum()) if total else len(row),
+            )
+        )
+    return rows

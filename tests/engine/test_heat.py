@@ -1,0 +1,132 @@
+"""Expert heat: routing captured from the real engine, counts kept and saved, skew metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.heat import (
+    MAX_BLOCKS,
+    HeatProfile,
+    coverage_at,
+    coverage_curve,
+    held_out_coverage,
+    layer_skew,
+    model_key,
+)
+from engine.session import SamplingSettings, Session
+from engine.synthetic import SyntheticSpec, build_synthetic_moe
+
+PROMPT = [{"role": "user", "content": "hello world expert router token layer memory speed"}]
+
+
+@pytest.fixture(scope="module")
+def graded_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A synthetic MoE whose router prefers expert 0, then 1, then 2… (a gentle skew)."""
+    path = tmp_path_factory.mktemp("heat") / "graded-moe.gguf"
+    return build_synthetic_moe(path, SyntheticSpec(router_skew=0.3))
+
+
+def profile_for(session: Session) -> HeatProfile:
+    info = session.info
+    return HeatProfile(info.n_layers, info.n_experts, info.n_experts_used, key="test")
+
+
+def test_capture_recovers_the_skew_the_model_was_built_with(graded_model: Path) -> None:
+    with Session(graded_model) as session:
+        heat = profile_for(session)
+        session.set_heat(heat)
+        reply = session.chat(PROMPT, SamplingSettings(seed=1, max_tokens=60))
+    stats, k = reply.stats, session.info.n_experts_used
+    # every prompt token and every decoded reply token (not the last, never decoded) counted
+    assert heat.tokens["prompt"] == stats.prompt_tokens
+    assert heat.tokens["generation"] == stats.generated_tokens - 1
+    per_layer = heat.counts["generation"].sum(axis=1)
+    assert list(per_layer) == [heat.tokens["generation"] * k] * session.info.n_layers
+    # the last layer computes only the output row of a prompt; the others every token
+    assert list(heat.counts["prompt"].sum(axis=1)[:-1]) == [stats.prompt_tokens * k] * 3
+    totals = heat.total.sum(axis=0)
+    assert int(np.argmax(totals)) == 0
+    ranks = np.argsort(np.argsort(-totals))
+    correlation = np.corrcoef(ranks, np.arange(len(totals)))[0, 1]
+    assert correlation > 0.9, totals  # hotter the lower the index, as built
+    assert totals[:4].sum() > 0.7 * totals.sum()
+
+
+def test_profiling_off_counts_nothing_and_on_again_goes_on_counting(graded_model: Path) -> None:
+    with Session(graded_model) as session:
+        heat = profile_for(session)
+        session.set_heat(heat)
+        session.chat(PROMPT, SamplingSettings(seed=1, max_tokens=8))
+        counted = heat.total.copy()
+        session.set_heat(None)
+        session.chat(PROMPT, SamplingSettings(seed=2, max_tokens=8))
+        assert np.array_equal(heat.total, counted)
+        session.set_heat(heat)
+        session.chat(PROMPT, SamplingSettings(seed=3, max_tokens=8))
+        assert heat.total.sum() > counted.sum()
+
+
+def test_profile_saves_and_loads(graded_model: Path, tmp_path: Path) -> None:
+    with Session(graded_model) as session:
+        heat = profile_for(session)
+        heat.key = model_key(graded_model)
+        session.set_heat(heat)
+        session.chat(PROMPT, SamplingSettings(seed=1, max_tokens=16))
+    heat.save(tmp_path)
+    loaded = HeatProfile.load(heat.key, tmp_path)
+    assert loaded is not None
+    for phase in ("prompt", "generation"):
+        assert np.array_equal(loaded.counts[phase], heat.counts[phase])
+    assert loaded.tokens == heat.tokens and loaded.block_tokens == heat.block_tokens
+    (tmp_path / f"{heat.key}.json").write_text("{ not json")
+    assert HeatProfile.load(heat.key, tmp_path) is None  # unreadable: start over, no crash
+    assert HeatProfile.load("no-such-model", tmp_path) is None
+
+
+def test_model_key_changes_with_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "m.gguf"
+    path.write_bytes(b"GGUF" + bytes(10))
+    first = model_key(path)
+    path.write_bytes(b"GGUF" + bytes(11))
+    assert model_key(path) != first
+
+
+def test_coverage_entropy_top_share_unused_on_a_known_table() -> None:
+    assert list(coverage_curve([1, 6, 0, 3])) == pytest.approx([0, 0.6, 0.9, 1.0, 1.0])
+    table = np.array([[5, 5, 5, 5], [8, 0, 0, 0], [6, 3, 1, 0]])
+    uniform, single, mixed = layer_skew(table)
+    assert uniform.entropy == pytest.approx(1.0) and uniform.top_share == 0.25
+    assert single.entropy == 0.0 and single.top_share == 1.0 and single.unused == 3
+    assert mixed.reads == 10 and mixed.unused == 1
+    expected = -(0.6 * np.log(0.6) + 0.3 * np.log(0.3) + 0.1 * np.log(0.1)) / np.log(4)
+    assert mixed.entropy == pytest.approx(expected)
+    # the hottest quarter (1 expert) of each layer: 5 + 8 + 6 of 38 reads
+    assert coverage_at(table, 0.25) == pytest.approx(19 / 38)
+    assert coverage_at(table, 1.0) == 1.0
+
+
+def test_held_out_coverage_uses_the_first_half_hot_set_on_the_second_half() -> None:
+    first = np.array([[9, 1, 0, 0]])
+    assert held_out_coverage(first, np.array([[8, 2, 0, 0]]), 0.25) == pytest.approx(0.8)
+    # heat that moved: the first half's hot expert serves little of the second half
+    assert held_out_coverage(first, np.array([[1, 0, 9, 0]]), 0.25) == pytest.approx(0.1)
+    assert held_out_coverage(first, np.array([[1, 0, 9, 0]]), 0.5) == pytest.approx(0.1)
+
+
+def test_blocks_merge_and_halves_split_the_tokens_evenly() -> None:
+    heat = HeatProfile(n_layers=2, n_experts=4, n_experts_used=1)
+    for step in range(4000):  # 40,000 tokens: expert 0 early, expert 3 late
+        expert = 0 if step < 2000 else 3
+        ids = np.full(10, expert)
+        heat.add("generation", 0, ids, new_tokens=10)
+        heat.add("generation", 1, ids)
+    assert len(heat.blocks) <= MAX_BLOCKS
+    assert sum(heat.block_tokens) == heat.tokens["generation"] == 40_000
+    first, second = heat.halves()
+    assert np.array_equal(first + second, heat.total)
+    share_first = first.sum() / heat.total.sum()
+    assert 0.45 < share_first < 0.55
+    assert held_out_coverage(first, second, 0.25) < 0.1  # heat moved: the check says so
