@@ -190,21 +190,28 @@ class RoutingCapture:
         self.profile = profile
         self.phase: Phase = "prompt"
         self._lib = ggml()
-        self._layer_re = re.compile(rb"^ffn_moe_topk-(\d+)$")
         self._last_layer = -1
-        self.callback = llama_cpp().ggml_backend_sched_eval_callback(self._on_eval)
+        self.callback = llama_cpp().ggml_backend_sched_eval_callback(self._make_callback())
 
-    def _on_eval(self, tensor: int, ask: bool, _user_data: int) -> bool:
-        name = self._lib.ggml_get_name(tensor) or b""
-        if ask:
-            return name.startswith(TOPK_PREFIX)
-        match = self._layer_re.match(name)
-        if match is not None:
-            try:
-                self._record(tensor, int(match.group(1)))
-            except Exception:  # never let a Python error cross into the engine
-                return True
-        return True  # False here would stop the graph
+    def _make_callback(self) -> Any:
+        # Called for every graph node (~1,500 per token for a 30-layer model), so the
+        # asking path is kept to one ctypes call and a bytes comparison.
+        get_name = self._lib.ggml_get_name
+        layer_of = re.compile(rb"^ffn_moe_topk-(\d+)$").match
+        record = self._record
+
+        def on_eval(tensor: int, ask: bool, _user_data: int) -> bool:
+            if ask:
+                return bool(get_name(tensor).startswith(TOPK_PREFIX))
+            match = layer_of(get_name(tensor))
+            if match is not None:
+                try:
+                    record(tensor, int(match.group(1)))
+                except Exception:  # never let a Python error cross into the engine
+                    return True
+            return True  # False here would stop the graph
+
+        return on_eval
 
     def _record(self, tensor: int, layer: int) -> None:
         view = _TensorHead.from_address(tensor)
