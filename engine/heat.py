@@ -303,3 +303,33 @@ def layer_skew(counts: np.ndarray) -> list[LayerSkew]:
             )
         )
     return rows
+
+
+@dataclass(frozen=True)
+class ReadShares:
+    """f, the share of routed expert reads served from VRAM, by measured heat."""
+
+    layer_placement: float  # the experts of whole layers on the GPU, as planned
+    per_expert: float  # the same number of experts, the hottest ones of any layer
+
+    def describe(self) -> str:
+        return (
+            f"layer placement serves {self.layer_placement:.0%} of expert reads from VRAM; "
+            f"a per-expert hot set of the same size would serve {self.per_expert:.0%}"
+        )
+
+
+def read_shares(counts: np.ndarray, gpu_expert_layers: Sequence[int]) -> ReadShares | None:
+    """f for a plan's GPU expert layers and for the ideal per-expert set of equal size.
+
+    Assumes every expert of the model has the same size, as in every MoE GGUF we know. None
+    when nothing was counted.
+    """
+    total = counts.sum()
+    if total == 0:
+        return None
+    layers = [layer for layer in gpu_expert_layers if 0 <= layer < counts.shape[0]]
+    on_gpu = counts[layers].sum() if layers else 0
+    slots = len(layers) * counts.shape[1]
+    hottest = np.sort(counts.ravel())[::-1][:slots].sum()
+    return ReadShares(float(on_gpu / total), float(hottest / total))

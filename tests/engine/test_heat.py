@@ -10,11 +10,13 @@ import pytest
 from engine.heat import (
     MAX_BLOCKS,
     HeatProfile,
+    ReadShares,
     coverage_at,
     coverage_curve,
     held_out_coverage,
     layer_skew,
     model_key,
+    read_shares,
 )
 from engine.session import SamplingSettings, Session
 from engine.synthetic import SyntheticSpec, build_synthetic_moe
@@ -130,3 +132,14 @@ def test_blocks_merge_and_halves_split_the_tokens_evenly() -> None:
     share_first = first.sum() / heat.total.sum()
     assert 0.45 < share_first < 0.55
     assert held_out_coverage(first, second, 0.25) < 0.1  # heat moved: the check says so
+
+
+def test_read_shares_compare_layer_placement_with_a_hot_set_of_equal_size() -> None:
+    counts = np.array([[8, 0, 0, 0], [2, 2, 2, 2], [7, 1, 0, 0]])  # 24 reads
+    shares = read_shares(counts, gpu_expert_layers=(1,))
+    assert shares is not None
+    assert shares.layer_placement == pytest.approx(8 / 24)  # layer 1: its 4 experts
+    assert shares.per_expert == pytest.approx((8 + 7 + 2 + 2) / 24)  # the 4 hottest anywhere
+    assert "33% of expert reads" in shares.describe() and "79%" in shares.describe()
+    assert read_shares(counts, ()) == ReadShares(0.0, 0.0)
+    assert read_shares(np.zeros((2, 4), np.int64), (0,)) is None
