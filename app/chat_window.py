@@ -33,6 +33,7 @@ from PySide6.QtWidgets import (
 from app.about import AboutDialog
 from app.background import run_in_background
 from app.downloads import Downloads, describe
+from app.experts_panel import ExpertsPanel
 from app.model_manager import CONTEXT_KEY, MEASURED_KEY, ModelManager
 from app.worker import SessionWorker
 from engine.downloads import DownloadEvent
@@ -253,6 +254,8 @@ class ChatWindow(QMainWindow):
         file_menu.addSeparator()
         quit_action = file_menu.addAction("&Quit", QKeySequence.StandardKey.Quit, self.close)
         quit_action.setMenuRole(QAction.MenuRole.QuitRole)
+        view_menu = self.menuBar().addMenu("&View")
+        view_menu.addAction("&Experts…", QKeySequence("Ctrl+E"), self.open_experts)
         help_menu = self.menuBar().addMenu("&Help")
         about_action = help_menu.addAction("&About MoE Chat", self.open_about)
         about_action.setMenuRole(QAction.MenuRole.AboutRole)
@@ -274,6 +277,10 @@ class ChatWindow(QMainWindow):
         self.worker.reply_failed.connect(self._on_worker_reply_failed)
         self._thread.finished.connect(self.worker.deleteLater)
         self._thread.start()
+        self.experts = ExpertsPanel(self)
+        self.experts.profiling_toggled.connect(self.worker.set_profiling)
+        self.worker.heat_updated.connect(self.experts.set_heat)
+        self.worker.model_loaded.connect(self.experts.set_model)
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -294,6 +301,12 @@ class ChatWindow(QMainWindow):
         self._manager.show()
         self._manager.raise_()
         return self._manager
+
+    @Slot()
+    def open_experts(self) -> ExpertsPanel:
+        self.experts.show()
+        self.experts.raise_()
+        return self.experts
 
     @Slot()
     def open_about(self) -> AboutDialog:

@@ -11,6 +11,7 @@ from PySide6.QtCore import QObject, Signal, Slot
 
 from engine.engine_log import per_device
 from engine.errors import MoeChatError
+from engine.heat import profile_for
 from engine.session import LoadSettings, SamplingSettings, Session, memory_snapshot
 
 log = logging.getLogger(__name__)
@@ -51,12 +52,14 @@ class SessionWorker(QObject):
     reply_finished = Signal(dict)  # Stats.to_dict()
     reply_failed = Signal(str)
     model_unloaded = Signal()
+    heat_updated = Signal(object)  # a HeatProfile copy, while profiling
 
     def __init__(self) -> None:
         super().__init__()
         self.cancel = threading.Event()
         self.closing = threading.Event()
         self._session: Session | None = None
+        self._profiling = False
 
     @Slot(str, int)
     def load(self, path: str, n_ctx: int) -> None:
@@ -75,6 +78,8 @@ class SessionWorker(QObject):
             return
         self._session = session
         info = session.info
+        if self._profiling:
+            self._start_profiling(session)
         self.model_loaded.emit(
             {
                 "path": path,
@@ -85,6 +90,8 @@ class SessionWorker(QObject):
                 "n_experts_used": info.n_experts_used,
                 "n_ctx": session.n_ctx,
                 "placement": session.placement.label,
+                "gpu_expert_layers": list(session.placement.gpu_expert_layers),
+                "n_layers": info.n_layers,
                 "measured": measured_memory(session),
             }
         )
@@ -118,6 +125,40 @@ class SessionWorker(QObject):
             self.reply_failed.emit(describe_error(exc))
             return
         self.reply_finished.emit(session.last_stats.to_dict())
+        if session.heat is not None:
+            session.heat.save()  # a crash later loses no counts of this reply
+            self._emit_heat(session)
+
+    @Slot(bool)
+    def set_profiling(self, on: bool) -> None:
+        """Count expert routing from now on (kept per model file), or stop counting."""
+        self._profiling = on
+        session = self._session
+        if session is None:
+            return
+        if on:
+            self._start_profiling(session)
+        elif session.heat is not None:
+            session.heat.save()
+            session.set_heat(None)
+
+    def _start_profiling(self, session: Session) -> None:
+        info = session.info
+        if info.n_experts < 2 or session.heat is not None:
+            return
+        try:
+            session.set_heat(
+                profile_for(session.path, info.n_layers, info.n_experts, info.n_experts_used)
+            )
+        except MoeChatError as exc:
+            self.reply_failed.emit(describe_error(exc))
+            return
+        self._emit_heat(session)
+
+    def _emit_heat(self, session: Session) -> None:
+        heat = session.heat
+        if heat is not None:
+            self.heat_updated.emit(heat.copy())  # the engine goes on counting into its own
 
     def _flush(self, pending: list[str], session: Session) -> None:
         if not pending:
@@ -128,6 +169,7 @@ class SessionWorker(QObject):
         self.live_stats.emit(
             stats.generated_tokens, stats.generation_tokens_per_s, stats.time_to_first_token
         )
+        self._emit_heat(session)
 
     @Slot()
     def unload(self) -> None:
@@ -136,5 +178,7 @@ class SessionWorker(QObject):
 
     def _free(self) -> None:
         if self._session is not None:
+            if self._session.heat is not None:
+                self._session.heat.save()
             self._session.close()
             self._session = None

@@ -19,7 +19,7 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -72,6 +72,16 @@ class HeatProfile:
         for phase in PHASES:
             self.counts.setdefault(phase, np.zeros((self.n_layers, self.n_experts), np.int64))
             self.tokens.setdefault(phase, 0)
+
+    def copy(self) -> HeatProfile:
+        """An independent copy (the GUI reads one while the engine counts into the other)."""
+        return replace(
+            self,
+            counts={phase: counts.copy() for phase, counts in self.counts.items()},
+            tokens=dict(self.tokens),
+            blocks=[block.copy() for block in self.blocks],
+            block_tokens=list(self.block_tokens),
+        )
 
     @property
     def total(self) -> np.ndarray:
@@ -333,3 +343,12 @@ def read_shares(counts: np.ndarray, gpu_expert_layers: Sequence[int]) -> ReadSha
     slots = len(layers) * counts.shape[1]
     hottest = np.sort(counts.ravel())[::-1][:slots].sum()
     return ReadShares(float(on_gpu / total), float(hottest / total))
+
+
+def profile_for(path: str | Path, n_layers: int, n_experts: int, n_used: int) -> HeatProfile:
+    """The saved profile of this model file, or a new empty one."""
+    key = model_key(path)
+    saved = HeatProfile.load(key)
+    if saved is not None and (saved.n_layers, saved.n_experts) == (n_layers, n_experts):
+        return saved
+    return HeatProfile(n_layers, n_experts, n_used, model=Path(path).name, key=key)

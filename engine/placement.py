@@ -37,6 +37,7 @@ class Placement:
     rules: tuple[TensorRule, ...] = field(default_factory=tuple)
     use_mmap: bool = True
     label: str = "CPU only"
+    gpu_expert_layers: tuple[int, ...] = ()  # layers whose routed experts the plan put on a GPU
 
     @classmethod
     def cpu_only(cls) -> Placement:

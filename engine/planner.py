@@ -452,7 +452,11 @@ def _plan_gpu(
         n_ctx=n_ctx,
         verdict=verdict,
         placement=Placement(
-            n_gpu_layers=-1, rules=tuple(rules), use_mmap=settings.use_mmap, label=label
+            n_gpu_layers=-1,
+            rules=tuple(rules),
+            use_mmap=settings.use_mmap,
+            label=label,
+            gpu_expert_layers=gpu_layers,
         ),
         devices=tuple(devices),
         gpu_expert_layers=gpu_layers,

@@ -1,0 +1,258 @@
+"""View → Experts: the live expert heat map, the coverage curve and where the weights are.
+
+Everything shown is computed by engine.heat; this module only draws it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from PySide6.QtCore import QPointF, QRectF, Qt, Signal, Slot
+from PySide6.QtGui import QColor, QPainter, QPainterPath, QPaintEvent, QPen
+from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+
+from engine.heat import (
+    HeatProfile,
+    coverage_at,
+    held_out_coverage,
+    layer_skew,
+    read_shares,
+)
+
+HOT_FRACTION = 0.25  # the summary's hot set: the hottest quarter of each layer's experts
+COLD = QColor("#f4f6fb")
+HOT = QColor("#d9480f")
+
+
+def heat_colour(relative: float) -> QColor:
+    """Colour of a cell whose routing share is ``relative`` times the layer's average."""
+    t = float(np.clip(relative / 3.0, 0.0, 1.0))  # 3x the average or more: full colour
+    return QColor(
+        round(COLD.red() + (HOT.red() - COLD.red()) * t),
+        round(COLD.green() + (HOT.green() - COLD.green()) * t),
+        round(COLD.blue() + (HOT.blue() - COLD.blue()) * t),
+    )
+
+
+class HeatMap(QWidget):
+    """Layers (rows) x experts (columns); colour = the expert's share of its layer's reads."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("heatMap")
+        self.setMinimumSize(320, 200)
+        self.relative: np.ndarray | None = None  # share x n_experts, per layer
+
+    def set_counts(self, counts: np.ndarray | None) -> None:
+        if counts is None or counts.sum() == 0:
+            self.relative = None
+        else:
+            totals = counts.sum(axis=1, keepdims=True)
+            shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
+            self.relative = shares * counts.shape[1]
+        self.update()
+
+    def paintEvent(self, _event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        area = QRectF(self.rect()).adjusted(52, 4, -4, -18)
+        if self.relative is None:
+            painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "No routing counted yet")
+            return
+        layers, experts = self.relative.shape
+        cell_w, cell_h = area.width() / experts, area.height() / layers
+        for layer in range(layers):
+            for expert in range(experts):
+                cell = QRectF(
+                    area.left() + expert * cell_w, area.top() + layer * cell_h, cell_w, cell_h
+                )
+                painter.fillRect(cell, heat_colour(float(self.relative[layer, expert])))
+        painter.setPen(self.palette().text().color())
+        painter.drawText(QRectF(0, area.top(), 48, 16), Qt.AlignmentFlag.AlignRight, "layer 0")
+        painter.drawText(
+            QRectF(0, area.bottom() - 16, 48, 16), Qt.AlignmentFlag.AlignRight, f"{layers - 1}"
+        )
+        painter.drawText(
+            QRectF(area.left(), area.bottom() + 2, area.width(), 16),
+            Qt.AlignmentFlag.AlignCenter,
+            f"experts 0 … {experts - 1}   (darker: chosen more often than the layer's average)",
+        )
+
+
+class CoveragePlot(QWidget):
+    """c(h): share of expert reads served by the hottest h of each layer's experts."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("coveragePlot")
+        self.setMinimumSize(240, 200)
+        self.curve: list[float] = []  # c(j / E), j = 0..E
+        self.held_out: list[float] = []
+
+    def set_curves(self, curve: list[float], held_out: list[float]) -> None:
+        self.curve, self.held_out = curve, held_out
+        self.update()
+
+    def paintEvent(self, _event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing)
+        area = QRectF(self.rect()).adjusted(34, 6, -8, -30)
+        text = self.palette().text().color()
+        painter.setPen(QPen(text, 1))
+        painter.drawRect(area)
+        painter.drawText(
+            QRectF(area.left(), area.bottom() + 4, area.width(), 14),
+            Qt.AlignmentFlag.AlignCenter,
+            "hottest share of experts →",
+        )
+        painter.drawText(QRectF(0, area.top() - 2, 30, 14), Qt.AlignmentFlag.AlignRight, "100%")
+        painter.drawText(QRectF(0, area.bottom() - 12, 30, 14), Qt.AlignmentFlag.AlignRight, "0")
+        painter.setPen(QPen(QColor("#999999"), 1, Qt.PenStyle.DotLine))  # uniform routing
+        painter.drawLine(area.bottomLeft(), area.topRight())
+        for values, colour, style in (
+            (self.held_out, QColor("#1c7ed6"), Qt.PenStyle.DashLine),
+            (self.curve, HOT, Qt.PenStyle.SolidLine),
+        ):
+            if len(values) < 2:
+                continue
+            path = QPainterPath()
+            for j, value in enumerate(values):
+                point = QPointF(
+                    area.left() + area.width() * j / (len(values) - 1),
+                    area.bottom() - area.height() * value,
+                )
+                path.lineTo(point) if j else path.moveTo(point)
+            painter.setPen(QPen(colour, 2, style))
+            painter.drawPath(path)
+
+
+class ExpertsPanel(QWidget):
+    """A window of its own; lives with the chat window and follows the loaded model."""
+
+    profiling_toggled = Signal(bool)
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent, Qt.WindowType.Window)
+        self.setObjectName("expertsPanel")
+        self.setWindowTitle("Experts")
+        self.resize(900, 520)
+        self.model: dict[str, Any] | None = None
+        self.heat: HeatProfile | None = None
+
+        self.profiling = QCheckBox(
+            "Count which experts the router picks (profiling: generation is about a quarter "
+            "slower while on)",
+            self,
+        )
+        self.profiling.setObjectName("profilingCheck")
+        self.profiling.toggled.connect(self.profiling_toggled)
+        self.heat_map = HeatMap(self)
+        self.coverage = CoveragePlot(self)
+        self.summary = QLabel(self)
+        self.summary.setObjectName("heatSummary")
+        self.summary.setWordWrap(True)
+        self.summary.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.placement = QLabel(self)
+        self.placement.setObjectName("placementSummary")
+        self.placement.setWordWrap(True)
+
+        legend = QLabel(
+            "Share of expert reads served by each layer's hottest experts. Solid: all counted "
+            "tokens. Dashed: hot set learned on the first half, measured on the second. "
+            "Dotted: even routing.",
+            self,
+        )
+        legend.setObjectName("statLabel")
+        legend.setWordWrap(True)
+        coverage_box = QVBoxLayout()
+        coverage_box.addWidget(self.coverage, 1)
+        coverage_box.addWidget(legend)
+        plots = QHBoxLayout()
+        plots.addWidget(self.heat_map, 3)
+        plots.addLayout(coverage_box, 2)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.profiling)
+        layout.addLayout(plots, 1)
+        layout.addWidget(self.summary)
+        layout.addWidget(self.placement)
+        self._refresh()
+
+    @Slot(dict)
+    def set_model(self, model: dict[str, Any] | None) -> None:
+        self.model = model
+        self.heat = None
+        self._refresh()
+
+    @Slot(object)
+    def set_heat(self, heat: HeatProfile) -> None:
+        self.heat = heat
+        self._refresh()
+
+    def _refresh(self) -> None:
+        model, heat = self.model, self.heat
+        moe = model is not None and model.get("n_experts", 0) >= 2
+        self.profiling.setEnabled(moe or model is None)
+        counts = heat.total if heat is not None else None
+        self.heat_map.set_counts(counts)
+        if model is None:
+            self.summary.setText("Load a Mixture-of-Experts model to see its experts.")
+        elif not moe:
+            self.summary.setText(f"{model['name']} has no experts: it is a dense model.")
+        elif heat is None or counts is None or counts.sum() == 0:
+            self.summary.setText(
+                "Turn counting on and chat: the map fills in as replies stream."
+                if not self.profiling.isChecked()
+                else "Counting: send a message to see which experts are picked."
+            )
+        else:
+            self.summary.setText(self._heat_text(heat, counts))
+        if heat is not None and counts is not None and counts.sum() > 0:
+            n_experts = counts.shape[1]
+            first, second = heat.halves()
+            self.coverage.set_curves(
+                [coverage_at(counts, j / n_experts) for j in range(n_experts + 1)],
+                [held_out_coverage(first, second, j / n_experts) for j in range(n_experts + 1)]
+                if second.sum()
+                else [],
+            )
+        else:
+            self.coverage.set_curves([], [])
+        self.placement.setText(self._placement_text(model, counts))
+
+    @staticmethod
+    def _heat_text(heat: HeatProfile, counts: np.ndarray) -> str:
+        skews = [s for s in layer_skew(counts) if s.reads]
+        entropy = float(np.mean([s.entropy for s in skews]))
+        top = float(np.mean([s.top_share for s in skews]))
+        unused = sum(s.unused for s in skews)
+        hot = coverage_at(counts, HOT_FRACTION)
+        first, second = heat.halves()
+        held = (
+            f" (learned on the first half of the tokens, it serves "
+            f"{held_out_coverage(first, second, HOT_FRACTION):.0%} of the second half)"
+            if second.sum()
+            else ""
+        )
+        return (
+            f"{heat.tokens['prompt']:,} prompt and {heat.tokens['generation']:,} generated "
+            f"tokens counted. The hottest {HOT_FRACTION:.0%} of each layer's experts serve "
+            f"{hot:.0%} of expert reads{held}. Routing entropy {entropy:.2f} of uniform; the top "
+            f"expert of a layer takes {top:.0%} on average; {unused} expert slots never used."
+        )
+
+    @staticmethod
+    def _placement_text(model: dict[str, Any] | None, counts: np.ndarray | None) -> str:
+        if model is None:
+            return ""
+        measured = model.get("measured", {}).get("devices", {})
+        where = ", ".join(f"{device} {size / 2**30:.2f} GiB" for device, size in measured.items())
+        layers = model.get("gpu_expert_layers", [])
+        n_layers = model.get("n_layers", 0)
+        text = (
+            f"Placement: {model.get('placement', '?')}; expert layers on a GPU: "
+            f"{len(layers)} of {n_layers}. Measured at load: {where or 'nothing reported'}."
+        )
+        shares = read_shares(counts, layers) if counts is not None else None
+        if shares is not None and layers:
+            text += f" By the counted heat, {shares.describe()}."
+        return text

@@ -1,0 +1,64 @@
+"""View → Experts, driven offscreen with the real engine counting real routing."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PySide6.QtCore import QObject, Slot
+from pytestqt.qtbot import QtBot
+
+from engine.heat import HeatProfile, model_key
+from tests.app.test_chat_window import LOAD_TIMEOUT_MS, load, open_window, type_and_send
+from tests.helpers.windows import close
+
+
+class Recorder(QObject):
+    def __init__(self) -> None:
+        super().__init__()
+        self.items: list[HeatProfile] = []
+
+    @Slot(object)
+    def add(self, heat: HeatProfile) -> None:
+        self.items.append(heat)
+
+
+def test_heat_map_fills_in_while_a_reply_streams(qtbot: QtBot, synthetic_model: Path) -> None:
+    window = open_window(qtbot)
+    model = load(qtbot, window, synthetic_model)
+    panel = window.open_experts()
+    qtbot.waitExposed(panel)
+    assert panel.heat_map.relative is None
+    assert "Turn counting on" in panel.summary.text()
+    # the placement summary is the loaded plan's
+    assert f"Placement: {model['placement']}" in panel.placement.text()
+    assert f"expert layers on a GPU: 0 of {model['n_layers']}" in panel.placement.text()
+
+    updates = Recorder()  # on the GUI thread: the worker's signal arrives queued
+    window.worker.heat_updated.connect(updates.add)
+    panel.profiling.click()
+    qtbot.waitUntil(lambda: panel.heat is not None, timeout=LOAD_TIMEOUT_MS)
+    assert panel.heat is not None and panel.heat.total.sum() == 0
+    assert "Counting" in panel.summary.text()
+    with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS) as finished:
+        type_and_send(qtbot, window, "hello world expert router")
+    qtbot.waitUntil(lambda: panel.heat is not None and panel.heat.tokens["generation"] > 0)
+    stats = finished.args[0]
+    final = panel.heat
+    assert final is not None
+    # every reply token fed back to the model was counted (at max_tokens the last is not)
+    assert final.tokens["generation"] == stats["generated_tokens"] - (
+        stats["stop_reason"] == "length"
+    )
+    # an update arrived while the reply was still streaming (the first piece's flush)
+    assert any(0 < u.tokens["generation"] < final.tokens["generation"] for u in updates.items)
+    assert panel.heat_map.relative is not None
+    assert np.isclose(panel.heat_map.relative.mean(), 1.0)  # shares x experts average to 1
+    assert "generated tokens counted" in panel.summary.text()
+    assert len(panel.coverage.curve) == model["n_experts"] + 1
+    assert panel.coverage.curve[-1] == 1.0
+    # counts were saved for this model file
+    saved = HeatProfile.load(model_key(synthetic_model))
+    assert saved is not None and np.array_equal(saved.total, final.total)
+    panel.close()
+    close(window)
