@@ -8,6 +8,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.reorder import copy_field, write_gguf
+
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -57,7 +59,7 @@ def build_upcycled_moe(dense: Path, out: Path, n_experts: int = 4, n_used: int =
                 writer.add_tensor(f"{layer_prefix}.ffn_gate_inp.weight", router)
         else:
             writer.add_tensor(name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
-    _write(writer)
+    write_gguf(writer)
     return out
 
 
@@ -75,23 +77,11 @@ def copy_gguf(src: Path, dst: Path, drop: tuple[str, ...] = (), split_max_tensor
     for tensor in reader.tensors:
         if tensor.name not in drop:
             writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
-    _write(writer)
+    write_gguf(writer)
     return dst
 
 
 def _copy_metadata(reader: Any, writer: Any) -> None:
-    from gguf import GGUFValueType
-
     for key, field in reader.fields.items():
-        if key.startswith("GGUF.") or key == "general.architecture":
-            continue
-        kind = field.types[0]
-        sub = field.types[-1] if kind == GGUFValueType.ARRAY else None
-        writer.add_key_value(key, field.contents(), kind, sub)
-
-
-def _write(writer: Any) -> None:
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
+        if not key.startswith("GGUF.") and key != "general.architecture":
+            copy_field(writer, key, field)
