@@ -280,7 +280,7 @@ class ChatWindow(QMainWindow):
         self.experts = ExpertsPanel(self)
         self.experts.profiling_toggled.connect(self.worker.set_profiling)
         self.worker.heat_updated.connect(self.experts.set_heat)
-        self.worker.model_loaded.connect(self.experts.set_model)
+        self.model_ready.connect(self.experts.set_model)  # after the window took it in
 
     # -- errors ----------------------------------------------------------------------------
 

@@ -8,19 +8,23 @@ import numpy as np
 from PySide6.QtCore import QObject, Slot
 from pytestqt.qtbot import QtBot
 
+from app.chat_window import ChatWindow
 from engine.heat import HeatProfile, model_key
 from tests.app.test_chat_window import LOAD_TIMEOUT_MS, load, open_window, type_and_send
 from tests.helpers.windows import close
 
 
 class Recorder(QObject):
-    def __init__(self) -> None:
+    """Heat updates as the GUI receives them, and whether a reply was streaming then."""
+
+    def __init__(self, window: ChatWindow) -> None:
         super().__init__()
-        self.items: list[HeatProfile] = []
+        self.window = window
+        self.items: list[tuple[HeatProfile, bool]] = []
 
     @Slot(object)
     def add(self, heat: HeatProfile) -> None:
-        self.items.append(heat)
+        self.items.append((heat, self.window.stop_button.isEnabled()))
 
 
 def test_heat_map_fills_in_while_a_reply_streams(qtbot: QtBot, synthetic_model: Path) -> None:
@@ -32,9 +36,10 @@ def test_heat_map_fills_in_while_a_reply_streams(qtbot: QtBot, synthetic_model: 
     assert "Turn counting on" in panel.summary.text()
     # the placement summary is the loaded plan's
     assert f"Placement: {model['placement']}" in panel.placement.text()
-    assert f"expert layers on a GPU: 0 of {model['n_layers']}" in panel.placement.text()
+    on_gpu = len(model["gpu_expert_layers"])
+    assert f"expert layers on a GPU: {on_gpu} of {model['n_layers']}" in panel.placement.text()
 
-    updates = Recorder()  # on the GUI thread: the worker's signal arrives queued
+    updates = Recorder(window)  # on the GUI thread: the worker's signal arrives queued
     window.worker.heat_updated.connect(updates.add)
     panel.profiling.click()
     qtbot.waitUntil(lambda: panel.heat is not None, timeout=LOAD_TIMEOUT_MS)
@@ -42,16 +47,15 @@ def test_heat_map_fills_in_while_a_reply_streams(qtbot: QtBot, synthetic_model: 
     assert "Counting" in panel.summary.text()
     with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS) as finished:
         type_and_send(qtbot, window, "hello world expert router")
-    qtbot.waitUntil(lambda: panel.heat is not None and panel.heat.tokens["generation"] > 0)
     stats = finished.args[0]
-    final = panel.heat
+    final = panel.heat  # the worker sends the reply's last counts before it says it is done
     assert final is not None
     # every reply token fed back to the model was counted (at max_tokens the last is not)
-    assert final.tokens["generation"] == stats["generated_tokens"] - (
-        stats["stop_reason"] == "length"
-    )
-    # an update arrived while the reply was still streaming (the first piece's flush)
-    assert any(0 < u.tokens["generation"] < final.tokens["generation"] for u in updates.items)
+    assert final.tokens["generation"] == stats["generated_tokens"] - (stats["stop_reason"] != "end")
+    assert final.tokens["generation"] > 0
+    # the map moved while the reply was still streaming: its first piece brought the prompt's
+    during = [heat for heat, streaming in updates.items if streaming]
+    assert any(h.tokens["prompt"] > 0 and h.total.sum() < final.total.sum() for h in during)
     assert panel.heat_map.relative is not None
     assert np.isclose(panel.heat_map.relative.mean(), 1.0)  # shares x experts average to 1
     assert "generated tokens counted" in panel.summary.text()
