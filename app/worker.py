@@ -17,9 +17,9 @@ from engine.session import LoadSettings, SamplingSettings, Session, memory_snaps
 log = logging.getLogger(__name__)
 
 FLUSH_INTERVAL_S = 0.05
-# The heat map needs no more: every update costs the GUI thread time, and while profiling the
-# engine calls into Python for each graph node, so a busy GUI thread (holding the GIL) slows
-# generation down a lot (measured: 4x at 20 updates/s with the Experts panel open).
+# The heat map needs no more. Every update costs the GUI thread time, and while profiling the
+# engine calls into Python for each graph node, so GUI work competes with generation for the
+# GIL (with both cores busy, 20 updates/s with the Experts panel open slowed replies a lot).
 HEAT_INTERVAL_S = 0.5
 
 
@@ -131,7 +131,7 @@ class SessionWorker(QObject):
             self.reply_failed.emit(describe_error(exc))
             return
         if session.heat is not None:  # the panel is current by the time the reply is done
-            session.heat.save()  # a crash later loses no counts of this reply
+            self._save_heat(session)  # a crash later loses no counts of this reply
             self._emit_heat(session)
         self.reply_finished.emit(session.last_stats.to_dict())
 
@@ -145,7 +145,7 @@ class SessionWorker(QObject):
         if on:
             self._start_profiling(session)
         elif session.heat is not None:
-            session.heat.save()
+            self._save_heat(session)
             session.set_heat(None)
 
     def _start_profiling(self, session: Session) -> None:
@@ -160,6 +160,16 @@ class SessionWorker(QObject):
             self.reply_failed.emit(describe_error(exc))
             return
         self._emit_heat(session)
+
+    @staticmethod
+    def _save_heat(session: Session) -> None:
+        """Keep the counts on disk; a full disk costs the file, never the reply or the app."""
+        if session.heat is None:
+            return
+        try:
+            session.heat.save()
+        except (OSError, MoeChatError) as exc:
+            log.warning("could not save the expert heat of %s: %s", session.path, exc)
 
     def _emit_heat(self, session: Session, force: bool = True) -> None:
         heat = session.heat
@@ -187,7 +197,6 @@ class SessionWorker(QObject):
 
     def _free(self) -> None:
         if self._session is not None:
-            if self._session.heat is not None:
-                self._session.heat.save()
+            self._save_heat(self._session)
             self._session.close()
             self._session = None

@@ -177,8 +177,8 @@ class HeatProfile:
     @classmethod
     def load(cls, key: str, directory: Path | None = None) -> HeatProfile | None:
         """The saved profile of a model, or None (none saved, or unreadable)."""
-        path = (directory or heat_dir()) / f"{key}.json"
         try:
+            path = (directory or heat_dir()) / f"{key}.json"
             return cls.from_json(json.loads(path.read_text("utf-8")))
         except (OSError, ValueError, KeyError, TypeError):
             return None

@@ -10,6 +10,7 @@ from pytestqt.qtbot import QtBot
 
 from app.chat_window import ChatWindow
 from engine.heat import HeatProfile, model_key
+from engine.paths import app_home
 from tests.app.test_chat_window import LOAD_TIMEOUT_MS, load, open_window, type_and_send
 from tests.helpers.windows import close
 
@@ -64,5 +65,24 @@ def test_heat_map_fills_in_while_a_reply_streams(qtbot: QtBot, synthetic_model: 
     # counts were saved for this model file
     saved = HeatProfile.load(model_key(synthetic_model))
     assert saved is not None and np.array_equal(saved.total, final.total)
+    panel.close()
+    close(window)
+
+
+def test_counting_survives_a_data_folder_it_cannot_write(
+    qtbot: QtBot, synthetic_model: Path
+) -> None:
+    """No place to keep the counts (a file where the heat folder goes): the reply and the
+    counting go on; only the saving is skipped."""
+    (app_home() / "heat").write_text("not a folder")
+    window = open_window(qtbot)
+    load(qtbot, window, synthetic_model)
+    panel = window.open_experts()
+    panel.profiling.click()
+    qtbot.waitUntil(lambda: panel.heat is not None, timeout=LOAD_TIMEOUT_MS)
+    with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
+        type_and_send(qtbot, window, "hello")
+    assert panel.heat is not None and panel.heat.tokens["prompt"] > 0
+    assert not window.error_banner.isVisible()
     panel.close()
     close(window)
