@@ -14,8 +14,8 @@ from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidg
 
 from engine.heat import (
     HeatProfile,
-    coverage_at,
-    held_out_coverage,
+    coverage_curve,
+    experts_kept,
     layer_skew,
     read_shares,
 )
@@ -194,43 +194,43 @@ class ExpertsPanel(QWidget):
         self.profiling.setEnabled(moe or model is None)
         counts = heat.total if heat is not None else None
         self.heat_map.set_counts(counts)
+        curve: np.ndarray | None = None
+        held_out: np.ndarray | None = None
+        if heat is not None and counts is not None and counts.sum() > 0:
+            curve = coverage_curve(counts)
+            first, second = heat.halves()  # once per refresh: it sums every block
+            held_out = coverage_curve(second, learned_from=first) if second.sum() else None
         if model is None:
             self.summary.setText("Load a Mixture-of-Experts model to see its experts.")
         elif not moe:
             self.summary.setText(f"{model['name']} has no experts: it is a dense model.")
-        elif heat is None or counts is None or counts.sum() == 0:
+        elif heat is None or counts is None or curve is None:
             self.summary.setText(
                 "Turn counting on and chat: the map fills in as replies stream."
                 if not self.profiling.isChecked()
                 else "Counting: send a message to see which experts are picked."
             )
         else:
-            self.summary.setText(self._heat_text(heat, counts))
-        if heat is not None and counts is not None and counts.sum() > 0:
-            n_experts = counts.shape[1]
-            first, second = heat.halves()
-            self.coverage.set_curves(
-                [coverage_at(counts, j / n_experts) for j in range(n_experts + 1)],
-                [held_out_coverage(first, second, j / n_experts) for j in range(n_experts + 1)]
-                if second.sum()
-                else [],
-            )
-        else:
-            self.coverage.set_curves([], [])
+            self.summary.setText(self._heat_text(heat, counts, curve, held_out))
+        self.coverage.set_curves(
+            [] if curve is None else curve.tolist(), [] if held_out is None else held_out.tolist()
+        )
         self.placement.setText(self._placement_text(model, counts))
 
     @staticmethod
-    def _heat_text(heat: HeatProfile, counts: np.ndarray) -> str:
+    def _heat_text(
+        heat: HeatProfile, counts: np.ndarray, curve: np.ndarray, held_out: np.ndarray | None
+    ) -> str:
         skews = [s for s in layer_skew(counts) if s.reads]
         entropy = float(np.mean([s.entropy for s in skews]))
         top = float(np.mean([s.top_share for s in skews]))
         unused = sum(s.unused for s in skews)
-        hot = coverage_at(counts, HOT_FRACTION)
-        first, second = heat.halves()
+        kept = experts_kept(counts.shape[1], HOT_FRACTION)
+        hot = float(curve[kept])
         held = (
             f" (learned on the first half of the tokens, it serves "
-            f"{held_out_coverage(first, second, HOT_FRACTION):.0%} of the second half)"
-            if second.sum()
+            f"{float(held_out[kept]):.0%} of the second half)"
+            if held_out is not None
             else ""
         )
         return (

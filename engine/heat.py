@@ -265,34 +265,37 @@ class LayerSkew:
     unused: int  # experts never chosen
 
 
-def coverage_curve(counts: Sequence[int] | np.ndarray) -> np.ndarray:
-    """c[j] for j = 0..E: share of the reads served by the j most-read experts."""
-    ordered = np.sort(np.asarray(counts, np.float64))[::-1]
-    total = ordered.sum()
-    curve = np.concatenate([[0.0], np.cumsum(ordered)])
+def coverage_curve(
+    counts: Sequence[int] | np.ndarray, learned_from: np.ndarray | None = None
+) -> np.ndarray:
+    """c[j] for j = 0..E: share of all reads served when each layer keeps its j hottest experts.
+
+    ``counts`` is one layer's row or a layers x experts table. "Hottest" is by ``counts``
+    itself, or by ``learned_from`` for a held-out curve (hot sets learned on other tokens).
+    """
+    table = np.atleast_2d(np.asarray(counts, np.float64))
+    ranking = table if learned_from is None else np.atleast_2d(learned_from)
+    order = np.argsort(-ranking, axis=-1, kind="stable")
+    served = np.take_along_axis(table, order, axis=-1).sum(axis=0)
+    total = served.sum()
+    curve = np.concatenate([[0.0], np.cumsum(served)])
     return curve / total if total > 0 else curve
+
+
+def experts_kept(n_experts: int, fraction: float) -> int:
+    """How many experts of a layer the hottest ``fraction`` is."""
+    return min(n_experts, max(0, round(fraction * n_experts)))
 
 
 def coverage_at(counts: np.ndarray, fraction: float) -> float:
     """Share of all reads (every layer) served when each layer keeps its hottest ``fraction``."""
-    n_experts = counts.shape[-1]
-    keep = min(n_experts, max(0, round(fraction * n_experts)))
-    total = counts.sum()
-    if total == 0:
-        return 0.0
-    hottest = np.sort(counts, axis=-1)[..., ::-1][..., :keep]
-    return float(hottest.sum() / total)
+    return float(coverage_curve(counts)[experts_kept(counts.shape[-1], fraction)])
 
 
 def held_out_coverage(first: np.ndarray, second: np.ndarray, fraction: float) -> float:
     """Coverage of the second half's reads by the hot sets learned on the first half."""
-    n_experts = first.shape[-1]
-    keep = min(n_experts, max(0, round(fraction * n_experts)))
-    total = second.sum()
-    if total == 0:
-        return 0.0
-    hot = np.argsort(-first, axis=-1, kind="stable")[..., :keep]
-    return float(np.take_along_axis(second, hot, axis=-1).sum() / total)
+    curve = coverage_curve(second, learned_from=first)
+    return float(curve[experts_kept(first.shape[-1], fraction)])
 
 
 def layer_skew(counts: np.ndarray) -> list[LayerSkew]:
