@@ -156,7 +156,7 @@ class SessionWorker(QObject):
             session.set_heat(
                 profile_for(session.path, info.n_layers, info.n_experts, info.n_experts_used)
             )
-        except MoeChatError as exc:
+        except (OSError, MoeChatError) as exc:  # the file went away, or no context fits
             self.reply_failed.emit(describe_error(exc))
             return
         self._emit_heat(session)
