@@ -17,7 +17,7 @@ from typing import Any
 
 from engine.engine_log import LoadReport
 from engine.errors import ModelLoadError
-from engine.placement import Placement, TensorRule
+from engine.placement import Placement
 
 
 def dry_run(
@@ -59,13 +59,7 @@ def _main(request: str) -> None:
     from engine.session import LoadSettings, Session
 
     args = json.loads(request)
-    raw = args["placement"]
-    placement = Placement(
-        n_gpu_layers=raw["n_gpu_layers"],
-        rules=tuple(TensorRule(**rule) for rule in raw["rules"]),
-        use_mmap=raw["use_mmap"],
-        label=raw["label"],
-    )
+    placement = Placement.from_dict(args["placement"])
     try:
         session = Session(args["path"], placement, LoadSettings(n_ctx=args["n_ctx"]), dry_run=True)
     except MoeChatError as exc:

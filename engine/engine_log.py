@@ -89,6 +89,14 @@ class LoadReport:
     kv_total: int = 0  # all devices together; the only KV figure a dry run reports
     errors: list[str] = field(default_factory=list)
 
+    def device_totals(self) -> dict[str, int]:
+        """Weights, KV cache and compute buffers together, per device."""
+        totals: dict[str, int] = {}
+        for buffers in (self.model_buffers, self.kv_buffers, self.compute_buffers):
+            for device, size in per_device(buffers).items():
+                totals[device] = totals.get(device, 0) + size
+        return totals
+
 
 def buffer_device(buffer_name: str) -> str:
     """The device whose memory a buffer occupies: ``CUDA0`` for ``CUDA0``, ``RPC0`` for

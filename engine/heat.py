@@ -355,3 +355,24 @@ def profile_for(path: str | Path, n_layers: int, n_experts: int, n_used: int) ->
     if saved is not None and (saved.n_layers, saved.n_experts) == (n_layers, n_experts):
         return saved
     return HeatProfile(n_layers, n_experts, n_used, model=Path(path).name, key=key)
+
+
+def gpu_layer_order(counts: np.ndarray, n_used: int, batch_tokens: int = 512) -> tuple[int, ...]:
+    """Expert layers by how many distinct experts a prompt batch reads, most first.
+
+    Whole-layer placement serves the same k reads per token from every layer, so heat cannot
+    change decode. It does change prompt batches: for a layer in RAM the GPU backend copies
+    the experts the batch uses, and a skewed layer uses fewer of them. So the flattest
+    layers go to the GPU first. Expected distinct experts per batch, with p the layer's
+    routing shares and n = batch_tokens x k picks: sum_e 1 - (1 - p_e)^n. Layers never
+    counted keep their place after the counted ones.
+    """
+    totals = counts.sum(axis=1)
+    picks = batch_tokens * max(1, n_used)
+    scores = []
+    for layer, total in enumerate(totals):
+        if total == 0:
+            continue
+        shares = counts[layer] / total
+        scores.append((-float(np.sum(1 - (1 - shares) ** picks)), layer))
+    return tuple(layer for _, layer in sorted(scores))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 # Every routed-expert tensor (weights, biases, scales) of every layer; not shared experts.
 EXPERT_TENSORS = r"\.ffn_(up|down|gate|gate_up)_exps\."
@@ -30,6 +31,7 @@ class Placement:
         n_gpu_layers: layers the engine offloads to its GPU devices (-1: all, 0: none).
         rules: tensor overrides applied first-match-wins on top of ``n_gpu_layers``.
         use_mmap: map the file (shares the page cache, starts fast) instead of reading it in.
+        offload_kv: False keeps the KV cache and attention in RAM even for GPU layers.
         label: a short human description shown in the app.
     """
 
@@ -38,6 +40,19 @@ class Placement:
     use_mmap: bool = True
     label: str = "CPU only"
     gpu_expert_layers: tuple[int, ...] = ()  # layers whose routed experts the plan put on a GPU
+    offload_kv: bool = True  # KV cache (and attention) on the GPUs that hold the layers
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> Placement:
+        """The inverse of ``dataclasses.asdict`` (for a child process or a file)."""
+        return cls(
+            n_gpu_layers=int(raw["n_gpu_layers"]),
+            rules=tuple(TensorRule(**rule) for rule in raw.get("rules", ())),
+            use_mmap=bool(raw.get("use_mmap", True)),
+            label=str(raw.get("label", "")),
+            gpu_expert_layers=tuple(int(i) for i in raw.get("gpu_expert_layers", ())),
+            offload_kv=bool(raw.get("offload_kv", True)),
+        )
 
     @classmethod
     def cpu_only(cls) -> Placement:

@@ -50,6 +50,7 @@ CPU_FLOPS_PER_CORE = 35e9
 GPU_FLOPS_PER_BYTE_PER_S = 15.0
 PINNED_COPY_BPS = 55e9
 MAPPED_COPY_BPS = 7e9
+PINNED_RAM_SHARE = 0.8  # of the RAM budget that CPU-side weights may pin when read in
 DEFAULT_GPU_BANDWIDTH = 300e9  # an unknown GPU: assume a mid-range card, say so
 DEFAULT_RAM_BANDWIDTH = 40e9  # no probe: two channels of DDR4/DDR5, roughly
 TOKEN_OVERHEAD_S = 200e-6  # sampling, graph building, our loop: measured on tiny models
@@ -190,9 +191,14 @@ class Settings:
     kv_bytes_per_element: float = 2.0  # f16 cache
     gpu_margin: int = GIB // 2  # plus 5% of the GPU, for the driver and the desktop
     ram_margin: int = GIB  # "available" already leaves out running programs; this is slack
-    use_mmap: bool = True
+    use_mmap: bool | None = None  # None: read the file in when experts stay in RAM and it fits
     n_ubatch: int = 512
     min_tokens_per_s: float = 8.0
+    kv_on_gpu: bool = True  # False: KV cache and attention in RAM, more room for experts
+    gpu_expert_layers: int | None = (
+        None  # at most this many expert layers on GPUs (None: all that fit)
+    )
+    layer_order: tuple[int, ...] | None = None  # which expert layers go to a GPU first (heat)
 
 
 @dataclass(frozen=True)
@@ -303,7 +309,8 @@ def plan(shape: ModelShape, machine: MachineProfile, settings: Settings | None =
     ram_bandwidth = machine.ram_bandwidth or DEFAULT_RAM_BANDWIDTH
 
     budgets = [gpu_budget(g.memory_free or 0, settings) for g in gpus]
-    if gpus and shape.gpu_always_bytes + kv + compute <= sum(budgets):
+    gpu_kv = kv if settings.kv_on_gpu else 0
+    if gpus and shape.gpu_always_bytes + gpu_kv + compute <= sum(budgets):
         result = _plan_gpu(shape, machine, settings, gpus, budgets, kv, compute, n_ctx)
         # On unified memory (Apple) the GPU's share comes out of the same RAM.
         ram_needed = result.ram_bytes + (result.gpu_bytes if unified else 0)
@@ -340,7 +347,7 @@ def plan(shape: ModelShape, machine: MachineProfile, settings: Settings | None =
         shape=shape,
         n_ctx=n_ctx,
         verdict=Verdict.CPU_ONLY,
-        placement=replace(Placement.cpu_only(), use_mmap=settings.use_mmap),
+        placement=replace(Placement.cpu_only(), use_mmap=settings.use_mmap is not False),
         devices=(device,),
         gpu_expert_layers=(),
         decode_tokens_per_s=decode,
@@ -359,6 +366,15 @@ def _cpu_flops(machine: MachineProfile) -> float:
     return (machine.physical_cores or 1) * CPU_FLOPS_PER_CORE
 
 
+def expert_layer_order(shape: ModelShape, preferred: Iterable[int] | None = None) -> list[int]:
+    """Layers with routed experts in the order they go to a GPU: ``preferred`` first, then the
+    rest from layer 0 up."""
+    layers = [i for i, size in enumerate(shape.expert_bytes_per_layer) if size]
+    valid = set(layers)
+    order = list(dict.fromkeys(i for i in (preferred or ()) if i in valid))
+    return order + [i for i in layers if i not in set(order)]
+
+
 def _plan_gpu(
     shape: ModelShape,
     machine: MachineProfile,
@@ -373,23 +389,24 @@ def _plan_gpu(
     # split: in proportion to each GPU's budget.
     total_budget = sum(budgets)
     shares = [b / total_budget for b in budgets]
-    used = [int((shape.gpu_always_bytes + kv) * s) + compute for s in shares]
+    gpu_kv = kv if settings.kv_on_gpu else 0
+    used = [int((shape.gpu_always_bytes + gpu_kv) * s) + compute for s in shares]
     layers_on: list[list[int]] = [[] for _ in gpus]
-    cpu_layers: list[int] = []
+    limit = shape.n_layers if settings.gpu_expert_layers is None else settings.gpu_expert_layers
     gpu_index = 0
-    for layer, size in enumerate(shape.expert_bytes_per_layer):
-        if size == 0:
-            continue
+    for layer in expert_layer_order(shape, settings.layer_order)[: max(0, limit)]:
+        size = shape.expert_bytes_per_layer[layer]
         while gpu_index < len(gpus) and used[gpu_index] + size > budgets[gpu_index]:
             gpu_index += 1
-        if gpu_index < len(gpus):
-            layers_on[gpu_index].append(layer)
-            used[gpu_index] += size
-        else:
-            cpu_layers.append(layer)
+        if gpu_index == len(gpus):
+            break
+        layers_on[gpu_index].append(layer)
+        used[gpu_index] += size
     gpu_layers = tuple(sorted(layer for group in layers_on for layer in group))
+    cpu_layers = [i for i in expert_layer_order(shape) if i not in set(gpu_layers)]
     fill = min(n_ctx, TYPICAL_FILL)
     kv_read = shape.kv_bytes(fill, settings.kv_bytes_per_element)
+    gpu_kv_read = kv_read if settings.kv_on_gpu else 0
     devices = []
     for i, gpu in enumerate(gpus):
         expert_bytes = sum(shape.expert_bytes_per_layer[j] for j in layers_on[i])
@@ -398,29 +415,41 @@ def _plan_gpu(
                 device=gpu.engine_device or gpu.name,
                 label=gpu.name,
                 weights=int(shape.gpu_always_bytes * shares[i]) + expert_bytes,
-                kv_cache=int(kv * shares[i]),
+                kv_cache=int(gpu_kv * shares[i]),
                 compute=compute,
                 budget=budgets[i],
                 bandwidth=gpu.bandwidth or DEFAULT_GPU_BANDWIDTH,
-                read_per_token=int((shape.gpu_always_bytes + kv_read) * shares[i])
+                read_per_token=int((shape.gpu_always_bytes + gpu_kv_read) * shares[i])
                 + int(expert_bytes * shape.read_share),
             )
         )
     cpu_expert_bytes = sum(shape.expert_bytes_per_layer[j] for j in cpu_layers)
     ram_bandwidth = machine.ram_bandwidth or DEFAULT_RAM_BANDWIDTH
+    ram_budget = max(0, (machine.ram_available or 0) - settings.ram_margin)
+    # Only the expert matmuls run here; logits stay with the output head on the GPU.
+    # (23 MiB measured for SmolLM2's upcycled MoE at ubatch 512; fitted there.)
+    cpu_compute = 4 * 2**20 + settings.n_ubatch * 4 * 18 * shape.n_embd if cpu_layers else 0
+    if not settings.kv_on_gpu:  # attention runs here too: scores of a ubatch over the context
+        heads = max(1, shape.n_embd // max(1, shape.head_dim))
+        cpu_compute += settings.n_ubatch * n_ctx * heads * 4
     cpu = DevicePlan(
         device="CPU",
         label=machine.cpu_model or "CPU",
         weights=shape.embedding_bytes + cpu_expert_bytes,
-        kv_cache=0,
-        # Only the expert matmuls run here; logits stay with the output head on the GPU.
-        # (23 MiB measured for SmolLM2's upcycled MoE at ubatch 512; fitted there.)
-        compute=4 * 2**20 + settings.n_ubatch * 4 * 18 * shape.n_embd if cpu_layers else 0,
-        budget=max(0, (machine.ram_available or 0) - settings.ram_margin),
+        kv_cache=kv - gpu_kv,
+        compute=cpu_compute,
+        budget=ram_budget,
         bandwidth=ram_bandwidth,
-        read_per_token=int(cpu_expert_bytes * shape.read_share),
+        read_per_token=int(cpu_expert_bytes * shape.read_share) + kv_read - gpu_kv_read,
     )
     devices.append(cpu)
+    use_mmap = settings.use_mmap
+    if use_mmap is None:
+        # Read into the GPU backend's pinned host memory, experts copy to the GPU for prompt
+        # batches at ~55 GB/s instead of ~7 (TECH-NOTES: 4.7x prompt speed). That memory
+        # cannot be paged out, so only when it takes at most PINNED_RAM_SHARE of what is free.
+        unified = any(g.unified_memory for g in gpus)
+        use_mmap = not (cpu_layers and not unified and cpu.total <= PINNED_RAM_SHARE * ram_budget)
 
     efficiency = CPU_EFFICIENCY * (1.0 if shape.quant in UNREPACKED_TYPES else REPACK_LOSS)
     seconds = cpu.read_per_token / (ram_bandwidth * efficiency)
@@ -432,7 +461,7 @@ def _plan_gpu(
     gpu_flops = sum((g.bandwidth or DEFAULT_GPU_BANDWIDTH) for g in gpus) * GPU_FLOPS_PER_BYTE_PER_S
     prompt_seconds = 2 * shape.active_params / gpu_flops
     if cpu_layers:
-        copy_rate = MAPPED_COPY_BPS if settings.use_mmap else PINNED_COPY_BPS
+        copy_rate = MAPPED_COPY_BPS if use_mmap else PINNED_COPY_BPS
         prompt_seconds += cpu_expert_bytes / copy_rate / settings.n_ubatch
     rules = []
     if cpu_layers:
@@ -441,12 +470,14 @@ def _plan_gpu(
         for i, gpu in enumerate(gpus):
             if layers_on[i] and gpu.engine_device:
                 rules.append(TensorRule(expert_layers_pattern(layers_on[i]), gpu.engine_device))
-    verdict = Verdict.HYBRID if cpu_layers else Verdict.FULL_GPU
+    verdict = Verdict.HYBRID if cpu_layers or not settings.kv_on_gpu else Verdict.FULL_GPU
     label = (
         "All on the GPU"
         if not cpu_layers
         else f"GPU, {len(cpu_layers)} of {len(cpu_layers) + len(gpu_layers)} expert layers in RAM"
     )
+    if not settings.kv_on_gpu:
+        label += ", KV cache in RAM"
     return Plan(
         shape=shape,
         n_ctx=n_ctx,
@@ -454,9 +485,10 @@ def _plan_gpu(
         placement=Placement(
             n_gpu_layers=-1,
             rules=tuple(rules),
-            use_mmap=settings.use_mmap,
+            use_mmap=use_mmap,
             label=label,
             gpu_expert_layers=gpu_layers,
+            offload_kv=settings.kv_on_gpu,
         ),
         devices=tuple(devices),
         gpu_expert_layers=gpu_layers,

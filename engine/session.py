@@ -15,7 +15,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -28,12 +28,19 @@ from engine.gguf_file import GGUFInfo, read_gguf
 from engine.heat import HeatProfile, RoutingCapture
 from engine.native import llama_cpp
 from engine.placement import Placement
+from engine.planner import Plan
 
 # Used when a GGUF carries no chat template; the same ChatML fallback llama.cpp uses.
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n"
     "{{ message['content'] }}<|im_end|>\n{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
+)
+
+# Text repeated into a benchmark prompt: ordinary prose, so routing resembles a chat's.
+BENCHMARK_TEXT = (
+    "The expert router picks a few experts for every token, and the rest of the weights wait "
+    "in memory. A good placement keeps what every token reads close to the compute. "
 )
 
 Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": "..."}
@@ -103,18 +110,6 @@ def memory_snapshot() -> tuple[int, dict[str, tuple[int, int]]]:
     return rss, devices
 
 
-def auto_placement(info: GGUFInfo, settings: LoadSettings) -> Placement:
-    """The planner's placement for this file on this machine (CPU only if nothing fits)."""
-    from engine.hardware import detect, engine_view
-    from engine.planner import ModelShape, plan
-    from engine.planner import Settings as PlanSettings
-
-    machine = detect(engine=engine_view(), measure_bandwidth=False, include_remote=True)
-    n_ctx = settings.n_ctx or info.context_length
-    result = plan(ModelShape.from_gguf(info), machine, PlanSettings(n_ctx=n_ctx))
-    return result.placement if result.runs else Placement.cpu_only()
-
-
 def default_threads() -> int:
     return max(1, psutil.cpu_count(logical=False) or os.cpu_count() or 1)
 
@@ -124,7 +119,10 @@ class Session:
 
     Args:
         path: the GGUF file (any part of a split model).
-        placement: where tensors go; CPU only by default, ``"auto"`` for ``auto_placement``.
+        placement: where tensors go; CPU only by default. ``"auto"``: the planner's split for
+            this machine, with the knobs of the last "Tune for this machine" if there was one
+            (``engine.tuner.auto_choice``); ``self.plan`` then holds the plan and its
+            predicted speed.
         settings: context size, batch sizes, threads.
         on_progress: called with 0..1 while weights load; return False to abort the load.
         dry_run: reserve nothing, read no weights; only measure what KV cache and compute
@@ -151,8 +149,19 @@ class Session:
         self.dry_run = dry_run
         self.info: GGUFInfo = read_gguf(path)
         self.path = self.info.path  # the first part of a split model is what the engine loads
+        self.plan: Plan | None = None
+        self.tuned = False
         if placement == "auto":
-            placement = auto_placement(self.info, self.settings)
+            from engine.tuner import auto_choice
+
+            choice = auto_choice(self.info, self.settings.n_ctx)
+            placement, self.plan, self.tuned = choice.placement, choice.plan, choice.tuned
+            self.settings = replace(
+                self.settings,
+                n_batch=max(self.settings.n_batch, choice.n_ubatch),
+                n_ubatch=choice.n_ubatch,
+                n_threads=choice.n_threads or self.settings.n_threads,
+            )
         self.placement = placement or Placement.cpu_only()
         self._ll = llama_cpp()
         self._model: Any = None
@@ -230,6 +239,7 @@ class Session:
         ctx_params.n_threads = threads
         ctx_params.n_threads_batch = threads
         ctx_params.no_perf = True
+        ctx_params.offload_kqv = self.placement.offload_kv
         if settings.flash_attention is not None:
             ctx_params.flash_attn_type = (
                 ll.LLAMA_FLASH_ATTN_TYPE_ENABLED
@@ -464,6 +474,41 @@ class Session:
             stats.rss_bytes, stats.device_memory = memory_snapshot()
         finally:
             ll.llama_sampler_free(sampler)
+
+    def forget(self) -> None:
+        """Drop the computed prompt: the next reply computes everything again."""
+        self._ll.llama_memory_clear(self._memory, True)
+        self._cached = []
+
+    def benchmark(self, prompt_tokens: int = 512, reply_tokens: int = 64) -> tuple[float, float]:
+        """Prompt and generation tokens/s as llama-bench measures them (pp / tg).
+
+        Computes a prompt of ``prompt_tokens`` tokens in batches, then generates
+        ``reply_tokens`` greedy tokens whatever they are (end-of-turn included). Starts and
+        ends with an empty cache.
+        """
+        if self._ctx is None:
+            raise GenerationError("No model is loaded.")
+        ll = self._ll
+        reply_tokens = max(1, min(reply_tokens, self.n_ctx // 4))
+        n_prompt = max(1, min(prompt_tokens, self.n_ctx - reply_tokens - 1))
+        text = self.tokenize(BENCHMARK_TEXT)
+        tokens = (text * (n_prompt // len(text) + 1))[:n_prompt]
+        self.forget()
+        sampler = self._sampler(SamplingSettings.greedy())
+        try:
+            start = time.perf_counter()
+            for begin in range(0, n_prompt, self.n_batch):
+                self._decode(tokens[begin : begin + self.n_batch])
+            prompt_s = time.perf_counter() - start
+            start = time.perf_counter()
+            for _ in range(reply_tokens):
+                self._decode([ll.llama_sampler_sample(sampler, self._ctx, -1)])
+            reply_s = time.perf_counter() - start
+        finally:
+            ll.llama_sampler_free(sampler)
+            self.forget()
+        return n_prompt / max(prompt_s, 1e-9), reply_tokens / max(reply_s, 1e-9)
 
     def chat(
         self,

@@ -165,3 +165,33 @@ def test_a_planned_hybrid_split_loads_as_planned(
     )
     measured_compute = _device_bytes(report.compute_buffers, rpc_device)
     assert measured_compute == pytest.approx(gpu_plan.compute, rel=0.10)
+
+
+def test_kv_cache_in_ram_with_more_expert_layers_on_the_device(
+    upcycled_moe: Path, dense_reply: str, rpc_device: str
+) -> None:
+    from engine.hardware import detect
+    from engine.planner import ModelShape, Settings, gpu_free_needed, plan
+    from tests.helpers.machines import GIB, gpu
+
+    shape = ModelShape.from_gguf(read_gguf(upcycled_moe))
+    settings = Settings(n_ctx=4096)
+    free = gpu_free_needed(shape, settings, expert_share=0.5)
+    machine = replace(
+        detect(engine=False, measure_bandwidth=False),
+        gpus=(gpu("RPC test device", free / GIB, rpc_device),),
+    )
+    with_kv = plan(shape, machine, settings)
+    planned = plan(shape, machine, replace(settings, kv_on_gpu=False))
+    assert len(planned.gpu_expert_layers) > len(with_kv.gpu_expert_layers)
+    with Session(upcycled_moe, planned.placement, LoadSettings(n_ctx=4096)) as session:
+        text = session.chat(QUESTION, SamplingSettings.greedy(48)).text
+        report = session.load_report
+    assert text == dense_reply
+    gpu_plan, cpu_plan = planned.devices
+    assert _device_bytes(report.kv_buffers, rpc_device) == 0
+    assert _cpu_bytes(report.kv_buffers) == pytest.approx(cpu_plan.kv_cache, rel=0.02)
+    assert _device_bytes(report.model_buffers, rpc_device) == pytest.approx(
+        gpu_plan.weights, rel=0.02
+    )
+    assert _cpu_bytes(report.compute_buffers) <= cpu_plan.compute

@@ -13,6 +13,7 @@ from engine.heat import (
     ReadShares,
     coverage_at,
     coverage_curve,
+    gpu_layer_order,
     held_out_coverage,
     layer_skew,
     model_key,
@@ -143,3 +144,12 @@ def test_read_shares_compare_layer_placement_with_a_hot_set_of_equal_size() -> N
     assert "33% of expert reads" in shares.describe() and "79%" in shares.describe()
     assert read_shares(counts, ()) == ReadShares(0.0, 0.0)
     assert read_shares(np.zeros((2, 4), np.int64), (0,)) is None
+
+
+def test_flattest_layers_go_to_the_gpu_first() -> None:
+    counts = np.zeros((4, 8))
+    counts[0] = [100, 0, 0, 0, 0, 0, 0, 0]  # one expert: a prompt batch copies one
+    counts[1] = 10  # all eight equally: a batch copies all eight
+    counts[2] = [40, 40, 10, 10, 0, 0, 0, 0]
+    # layer 3 never counted
+    assert gpu_layer_order(counts, n_used=2, batch_tokens=64) == (1, 2, 0)

@@ -219,3 +219,45 @@ def test_gpu_free_needed_is_the_inverse_of_the_budget() -> None:
         result = plan(qwen, profile, settings)
         assert result.verdict is (Verdict.FULL_GPU if share == 1.0 else Verdict.HYBRID)
         assert result.expert_share_on_gpu >= share - 1 / qwen.n_layers
+
+
+def test_experts_in_ram_are_read_in_when_ram_allows_and_mapped_when_tight() -> None:
+    qwen = shape(QWEN)
+    roomy = plan(qwen, GPU_8_RAM_32)
+    assert roomy.verdict is Verdict.HYBRID and roomy.placement.use_mmap is False
+    cpu_side = roomy.devices[-1].total
+    # Pinned memory cannot be paged out: with RAM just enough for the experts, map the file.
+    tight_ram = (cpu_side + Settings().ram_margin) / GIB + 0.2
+    tight = plan(qwen, machine(32, tight_ram, GPU_8_RAM_32.gpus))
+    assert tight.verdict is Verdict.HYBRID and tight.placement.use_mmap is True
+    assert roomy.prompt_tokens_per_s > 2 * tight.prompt_tokens_per_s
+    # Nothing to copy for prompt batches: the file stays mapped.
+    assert plan(shape(OLMOE), GPU_8_RAM_32).placement.use_mmap is True
+    assert plan(qwen, GPU_8_RAM_32, Settings(use_mmap=True)).placement.use_mmap is True
+
+
+def test_kv_cache_in_ram_makes_room_for_more_expert_layers() -> None:
+    qwen = shape(QWEN)
+    settings = Settings(n_ctx=32768)
+    on_gpu = plan(qwen, GPU_8_RAM_32, settings)
+    in_ram = plan(qwen, GPU_8_RAM_32, replace(settings, kv_on_gpu=False))
+    assert in_ram.placement.offload_kv is False and on_gpu.placement.offload_kv is True
+    assert len(in_ram.gpu_expert_layers) > len(on_gpu.gpu_expert_layers)
+    gpu_plan, cpu_plan = in_ram.devices
+    assert gpu_plan.kv_cache == 0 and cpu_plan.kv_cache == qwen.kv_bytes(32768)
+    assert "KV cache in RAM" in in_ram.placement.label
+
+
+def test_expert_layer_limit_and_order() -> None:
+    qwen = shape(QWEN)
+    full = plan(qwen, GPU_24_RAM_64)
+    assert full.verdict is Verdict.FULL_GPU
+    limited = plan(qwen, GPU_24_RAM_64, Settings(gpu_expert_layers=10))
+    assert limited.gpu_expert_layers == tuple(range(10))
+    assert limited.verdict is Verdict.HYBRID
+    assert limited.decode_tokens_per_s < full.decode_tokens_per_s
+    ordered = plan(qwen, GPU_24_RAM_64, Settings(gpu_expert_layers=3, layer_order=(40, 7, 99, 7)))
+    assert ordered.gpu_expert_layers == (0, 7, 40)  # the order's layers first, then from 0
+    assert plan(qwen, GPU_8_RAM_32, Settings(gpu_expert_layers=100)).gpu_expert_layers == (
+        plan(qwen, GPU_8_RAM_32).gpu_expert_layers  # a limit is never more than fits
+    )
