@@ -93,6 +93,7 @@ class ChatWindow(QMainWindow):
     generate_requested = Signal(list, dict)
     # Re-emitted on the GUI thread once the window has shown them (panels and tests listen here).
     model_ready = Signal(dict)
+    tune_requested = Signal()
     model_failed = Signal(str)
     piece_shown = Signal(str)
     reply_done = Signal(dict)
@@ -118,6 +119,7 @@ class ChatWindow(QMainWindow):
         self._reply_text = ""
         self._reply_saved_at = 0.0
         self._generating = False
+        self._tuning = False
 
         self._build_ui()
         self._start_worker()
@@ -281,6 +283,14 @@ class ChatWindow(QMainWindow):
         self.experts.profiling_toggled.connect(self.worker.set_profiling)
         self.worker.heat_updated.connect(self.experts.set_heat)
         self.model_ready.connect(self.experts.set_model)  # after the window took it in
+        self.reply_done.connect(self.experts.set_reply_stats)
+        self.experts.tune_requested.connect(self.tune_model)
+        self.experts.tune_cancelled.connect(self.cancel_tuning)
+        self.tune_requested.connect(self.worker.tune)
+        self.worker.tune_started.connect(self._on_worker_tune_started)
+        self.worker.tune_progressed.connect(self._on_worker_tune_progressed)
+        self.worker.tune_finished.connect(self._on_worker_tune_finished)
+        self.worker.tune_failed.connect(self.show_error)
 
     # -- errors ----------------------------------------------------------------------------
 
@@ -333,6 +343,42 @@ class ChatWindow(QMainWindow):
         if path:
             self.load_model(path)
 
+    @Slot()
+    def tune_model(self) -> None:
+        """Measure splits of the loaded model on this machine and reload with the fastest."""
+        if self._model is None:
+            self.show_error("Load a model first: tuning measures the loaded model.")
+            return
+        if self._generating:
+            self.show_error("Wait for the reply to finish, or stop it, before tuning.")
+            return
+        self.error_banner.hide()
+        self._model = None  # nothing to chat with until the model is loaded again
+        self._tuning = True
+        self.tune_requested.emit()
+
+    @Slot()
+    def cancel_tuning(self) -> None:
+        self.worker.tune_cancel.set()
+        self.experts.cancel_tuning()
+
+    @Slot(str)
+    def _on_worker_tune_started(self, name: str) -> None:
+        self.model_label.setText(f"Tuning {html.escape(name)} for this machine…")
+        self.load_progress.setValue(0)
+        self.load_progress.show()
+        self.open_button.setEnabled(False)
+        self.experts.tuning_started(name)
+
+    @Slot(float, str)
+    def _on_worker_tune_progressed(self, fraction: float, message: str) -> None:
+        self.load_progress.setValue(int(fraction * 100))
+        self.experts.tuning_progressed(fraction, message)
+
+    @Slot(object)
+    def _on_worker_tune_finished(self, tuning: Any) -> None:
+        self.experts.tuning_finished(tuning)
+
     def load_model(self, path: str) -> None:
         """Ask the worker to load ``path`` (stops a reply in progress first)."""
         if self._generating:
@@ -355,6 +401,7 @@ class ChatWindow(QMainWindow):
     @Slot(dict)
     def _on_worker_model_loaded(self, model: dict[str, Any]) -> None:
         self._model = model
+        self._tuning = False
         self.load_progress.hide()
         self.open_button.setEnabled(True)
         experts = (
@@ -382,6 +429,7 @@ class ChatWindow(QMainWindow):
 
     @Slot(str)
     def _on_worker_load_failed(self, message: str) -> None:
+        self._tuning = False
         self.load_progress.hide()
         self.open_button.setEnabled(True)
         self.model_label.setText("No model loaded")
@@ -487,6 +535,9 @@ class ChatWindow(QMainWindow):
     def send(self) -> None:
         text = self.input.toPlainText().strip()
         if not text or self._generating:
+            return
+        if self._tuning:
+            self.show_error("Tuning is measuring the model; chat resumes when it is loaded again.")
             return
         if self._model is None:
             self.show_error("No model is loaded. Use “Open model…” to choose a .gguf file.")
@@ -617,6 +668,8 @@ class ChatWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         self.downloads.close()  # what is on disk stays; the download resumes at the next start
         self.worker.cancel.set()
+        self.worker.closing.set()  # a load in progress stops at its next progress report
+        self.worker.tune_cancel.set()
         self._memory_timer.stop()
         if self._reply_id is not None:
             self.store.update_reply(self._reply_id, self._reply_text)

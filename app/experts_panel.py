@@ -10,7 +10,19 @@ from typing import Any
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal, Slot
 from PySide6.QtGui import QColor, QPainter, QPainterPath, QPaintEvent, QPen
-from PySide6.QtWidgets import QCheckBox, QHBoxLayout, QLabel, QVBoxLayout, QWidget
+from PySide6.QtWidgets import (
+    QAbstractItemView,
+    QCheckBox,
+    QHBoxLayout,
+    QHeaderView,
+    QLabel,
+    QProgressBar,
+    QPushButton,
+    QTableWidget,
+    QTableWidgetItem,
+    QVBoxLayout,
+    QWidget,
+)
 
 from engine.heat import (
     HeatProfile,
@@ -19,6 +31,7 @@ from engine.heat import (
     layer_skew,
     read_shares,
 )
+from engine.tuner import REFERENCE_PROMPT_TOKENS, REFERENCE_REPLY_TOKENS, Tuning
 
 HOT_FRACTION = 0.25  # the summary's hot set: the hottest quarter of each layer's experts
 COLD = QColor("#f4f6fb")
@@ -130,14 +143,18 @@ class ExpertsPanel(QWidget):
     """A window of its own; lives with the chat window and follows the loaded model."""
 
     profiling_toggled = Signal(bool)
+    tune_requested = Signal()
+    tune_cancelled = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent, Qt.WindowType.Window)
         self.setObjectName("expertsPanel")
         self.setWindowTitle("Experts")
-        self.resize(900, 520)
+        self.resize(900, 700)
         self.model: dict[str, Any] | None = None
         self.heat: HeatProfile | None = None
+        self.last_reply: dict[str, Any] | None = None
+        self.tuning_running = False
 
         self.profiling = QCheckBox(
             "Count which experts the router picks (profiling: generation is about a quarter "
@@ -170,18 +187,139 @@ class ExpertsPanel(QWidget):
         plots = QHBoxLayout()
         plots.addWidget(self.heat_map, 3)
         plots.addLayout(coverage_box, 2)
+        self.tune_button = QPushButton("Tune for this machine", self)
+        self.tune_button.setObjectName("tuneButton")
+        self.tune_button.setToolTip(
+            "Load the model under a few splits between GPU and RAM, measure each, and use the "
+            "fastest from now on. The model is unloaded while this runs (a minute or two)."
+        )
+        self.tune_button.clicked.connect(self.tune_requested)
+        self.cancel_button = QPushButton("Cancel", self)
+        self.cancel_button.setObjectName("cancelTuneButton")
+        self.cancel_button.clicked.connect(self.tune_cancelled)
+        self.cancel_button.hide()
+        self.tune_progress = QProgressBar(self)
+        self.tune_progress.setRange(0, 1000)
+        self.tune_progress.hide()
+        self.tune_status = QLabel(self)
+        self.tune_status.setObjectName("tuneStatus")
+        self.tune_status.setWordWrap(True)
+        self.results = QTableWidget(0, 5, self)
+        self.results.setObjectName("tuneResults")
+        self.results.setHorizontalHeaderLabels(
+            ["Candidate", "Placement", "Prompt tok/s", "Generation tok/s (predicted)", "Turn"]
+        )
+        turn = QTableWidgetItem("Turn")
+        turn.setToolTip(
+            f"Seconds for a turn of {REFERENCE_PROMPT_TOKENS} prompt tokens and "
+            f"{REFERENCE_REPLY_TOKENS} generated: how the fastest is chosen"
+        )
+        self.results.setHorizontalHeaderItem(4, turn)
+        self.results.verticalHeader().hide()
+        self.results.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
+        self.results.setSelectionMode(QAbstractItemView.SelectionMode.NoSelection)
+        header = self.results.horizontalHeader()
+        header.setSectionResizeMode(QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(1, QHeaderView.ResizeMode.Stretch)
+        self.results.hide()
+        tune_row = QHBoxLayout()
+        tune_row.addWidget(self.tune_button)
+        tune_row.addWidget(self.cancel_button)
+        tune_row.addWidget(self.tune_progress, 1)
+        tune_row.addStretch(0)
+
         layout = QVBoxLayout(self)
         layout.addWidget(self.profiling)
         layout.addLayout(plots, 1)
         layout.addWidget(self.summary)
         layout.addWidget(self.placement)
+        layout.addLayout(tune_row)
+        layout.addWidget(self.tune_status)
+        layout.addWidget(self.results)
         self._refresh()
 
     @Slot(dict)
     def set_model(self, model: dict[str, Any] | None) -> None:
         self.model = model
         self.heat = None
+        self.last_reply = None
+        tuning = model.get("tuning") if model else None
+        self.show_tuning(tuning)
+        if model and model.get("tuned") and tuning is not None and tuning.best is not None:
+            self.tune_status.setText(
+                f"Loaded with the fastest measured split: {tuning.best.label}."
+            )
         self._refresh()
+
+    @Slot(dict)
+    def set_reply_stats(self, stats: dict[str, Any]) -> None:
+        """The last reply's measured speed, shown next to the plan's prediction."""
+        self.last_reply = stats
+        self.placement.setText(self._placement_text(self.model, self._counts(), stats))
+
+    @Slot(str)
+    def tuning_started(self, name: str) -> None:
+        self.tuning_running = True
+        self.tune_progress.setValue(0)
+        self.tune_progress.show()
+        self.cancel_button.show()
+        self.cancel_button.setEnabled(True)
+        self.tune_button.setEnabled(False)
+        self.tune_status.setText(f"Tuning {name}: the model is unloaded until this finishes.")
+
+    @Slot(float, str)
+    def tuning_progressed(self, fraction: float, message: str) -> None:
+        self.tune_progress.setValue(int(fraction * 1000))
+        self.tune_status.setText(message)
+
+    @Slot(object)
+    def tuning_finished(self, tuning: Tuning | None) -> None:
+        self.tuning_running = False
+        self.tune_progress.hide()
+        self.cancel_button.hide()
+        if tuning is None:
+            self.tune_status.setText("Tuning stopped; nothing was changed. Loading the model…")
+            return
+        self.show_tuning(tuning)
+        best = tuning.best
+        if best is not None:
+            self.tune_status.setText(
+                f"Fastest: {best.label} ({best.generation_tokens_per_s:.1f} tok/s generation, "
+                f"{best.prompt_tokens_per_s:.0f} tok/s prompt). Loading the model with it…"
+            )
+
+    def cancel_tuning(self) -> None:
+        self.cancel_button.setEnabled(False)
+        self.tune_status.setText("Cancelling after the current measurement…")
+
+    def show_tuning(self, tuning: Tuning | None) -> None:
+        """The measured candidates, fastest marked; hidden when this model was never tuned."""
+        rows = tuning.measurements if tuning is not None else []
+        self.results.setRowCount(len(rows))
+        self.results.setVisible(bool(rows))
+        best = tuning.best if tuning is not None else None
+        for row, m in enumerate(rows):
+            cells = [
+                ("✓ " if m is best else "") + m.label,
+                m.placement,
+                f"{m.prompt_tokens_per_s:,.0f}",
+                f"{m.generation_tokens_per_s:.1f} ({m.predicted_generation_tokens_per_s:.0f})",
+                f"{m.turn_seconds:.1f} s",
+            ]
+            for column, text in enumerate(cells):
+                item = QTableWidgetItem(text)
+                if m is best:
+                    font = item.font()
+                    font.setBold(True)
+                    item.setFont(font)
+                self.results.setItem(row, column, item)
+        if rows:
+            height = self.results.horizontalHeader().height() + 2
+            height += sum(self.results.rowHeight(r) for r in range(len(rows)))
+            self.results.setFixedHeight(height)
+
+    def _counts(self) -> np.ndarray | None:
+        return self.heat.total if self.heat is not None else None
 
     @Slot(object)
     def set_heat(self, heat: HeatProfile) -> None:
@@ -192,6 +330,7 @@ class ExpertsPanel(QWidget):
         model, heat = self.model, self.heat
         moe = model is not None and model.get("n_experts", 0) >= 2
         self.profiling.setEnabled(moe or model is None)
+        self.tune_button.setEnabled(model is not None and not self.tuning_running)
         counts = heat.total if heat is not None else None
         self.heat_map.set_counts(counts)
         curve: np.ndarray | None = None
@@ -215,7 +354,7 @@ class ExpertsPanel(QWidget):
         self.coverage.set_curves(
             [] if curve is None else curve.tolist(), [] if held_out is None else held_out.tolist()
         )
-        self.placement.setText(self._placement_text(model, counts))
+        self.placement.setText(self._placement_text(model, counts, self.last_reply))
 
     @staticmethod
     def _heat_text(
@@ -241,7 +380,9 @@ class ExpertsPanel(QWidget):
         )
 
     @staticmethod
-    def _placement_text(model: dict[str, Any] | None, counts: np.ndarray | None) -> str:
+    def _placement_text(
+        model: dict[str, Any] | None, counts: np.ndarray | None, reply: dict[str, Any] | None
+    ) -> str:
         if model is None:
             return ""
         measured = model.get("measured", {}).get("devices", {})
@@ -255,4 +396,17 @@ class ExpertsPanel(QWidget):
         shares = read_shares(counts, layers) if counts is not None else None
         if shares is not None and layers:
             text += f" By the counted heat, {shares.describe()}."
+        predicted = model.get("predicted")
+        if predicted:
+            text += (
+                f" Predicted: {predicted['generation_tokens_per_s']:.1f} tok/s generation, "
+                f"{predicted['prompt_tokens_per_s']:,.0f} tok/s prompt"
+            )
+            if reply and reply.get("generated_tokens", 0) > 1:
+                text += (
+                    f"; measured in the last reply: {reply['generation_tokens_per_s']:.1f} "
+                    f"tok/s generation, {reply['prompt_tokens_per_s']:,.0f} tok/s prompt"
+                    + (" (with counting on, which slows it)" if reply.get("profiling") else "")
+                )
+            text += "."
         return text

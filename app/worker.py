@@ -9,10 +9,10 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
-from engine.engine_log import per_device
 from engine.errors import MoeChatError
-from engine.heat import profile_for
+from engine.heat import model_key, profile_for
 from engine.session import LoadSettings, SamplingSettings, Session, memory_snapshot
+from engine.tuner import Tuning, TuningCancelled, tune
 
 log = logging.getLogger(__name__)
 
@@ -25,11 +25,7 @@ HEAT_INTERVAL_S = 0.5
 
 def measured_memory(session: Session) -> dict[str, Any]:
     """Bytes per device the engine reported for this load, and the process RSS after it."""
-    report = session.load_report
-    devices: dict[str, int] = {}
-    for buffers in (report.model_buffers, report.kv_buffers, report.compute_buffers):
-        for device, size in per_device(buffers).items():
-            devices[device] = devices.get(device, 0) + size
+    devices = session.load_report.device_totals()
     return {"devices": devices, "rss": memory_snapshot()[0], "n_ctx": session.n_ctx}
 
 
@@ -57,14 +53,20 @@ class SessionWorker(QObject):
     reply_failed = Signal(str)
     model_unloaded = Signal()
     heat_updated = Signal(object)  # a HeatProfile copy, while profiling
+    tune_started = Signal(str)  # the model's name
+    tune_progressed = Signal(float, str)  # 0..1, what is being measured
+    tune_finished = Signal(object)  # the Tuning, or None when cancelled; the model reloads next
+    tune_failed = Signal(str)
 
     def __init__(self) -> None:
         super().__init__()
         self.cancel = threading.Event()
         self.closing = threading.Event()
         self._session: Session | None = None
+        self.tune_cancel = threading.Event()
         self._profiling = False
         self._heat_sent_at = 0.0
+        self._loaded: tuple[str, int] | None = None  # what load() was last asked for
 
     @Slot(str, int)
     def load(self, path: str, n_ctx: int) -> None:
@@ -82,9 +84,13 @@ class SessionWorker(QObject):
             self.load_failed.emit(describe_error(exc))
             return
         self._session = session
+        self._loaded = (path, n_ctx)
         info = session.info
         if self._profiling:
             self._start_profiling(session)
+        choice = session.choice
+        plan = choice.plan if choice is not None and choice.plan.runs else None
+        tuning = Tuning.load(model_key(session.path), choice.machine_key) if choice else None
         self.model_loaded.emit(
             {
                 "path": path,
@@ -98,6 +104,14 @@ class SessionWorker(QObject):
                 "gpu_expert_layers": list(session.placement.gpu_expert_layers),
                 "n_layers": info.n_layers,
                 "measured": measured_memory(session),
+                "predicted": {
+                    "generation_tokens_per_s": plan.decode_tokens_per_s,
+                    "prompt_tokens_per_s": plan.prompt_tokens_per_s,
+                }
+                if plan is not None
+                else None,
+                "tuned": bool(choice and choice.tuned),
+                "tuning": tuning,
             }
         )
 
@@ -133,7 +147,39 @@ class SessionWorker(QObject):
         if session.heat is not None:  # the panel is current by the time the reply is done
             self._save_heat(session)  # a crash later loses no counts of this reply
             self._emit_heat(session)
-        self.reply_finished.emit(session.last_stats.to_dict())
+        self.reply_finished.emit(
+            {**session.last_stats.to_dict(), "profiling": session.heat is not None}
+        )
+
+    @Slot()
+    def tune(self) -> None:
+        """Measure the candidate splits of the loaded model, then load it with the fastest.
+
+        The model is unloaded while tuning (one candidate in memory at a time) and loaded
+        again afterwards, also when tuning is cancelled or fails.
+        """
+        if self._session is None or self._loaded is None:
+            self.load_failed.emit("No model is loaded, so there is nothing to tune.")
+            return
+        path, n_ctx = self._loaded
+        name = self._session.info.name
+        self.tune_cancel.clear()
+        self._free()
+        self.tune_started.emit(name)
+
+        result: Tuning | None = None
+        try:
+            result = tune(
+                path, n_ctx, on_progress=self.tune_progressed.emit, cancel=self.tune_cancel
+            )
+        except TuningCancelled:
+            pass
+        except Exception as exc:
+            log.warning("tuning %s failed", path, exc_info=not isinstance(exc, MoeChatError))
+            self.tune_failed.emit(f"Tuning stopped: {describe_error(exc)}")
+        self.tune_finished.emit(result)
+        if not self.closing.is_set():
+            self.load(path, n_ctx)
 
     @Slot(bool)
     def set_profiling(self, on: bool) -> None:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import psutil
 
@@ -28,7 +28,9 @@ from engine.gguf_file import GGUFInfo, read_gguf
 from engine.heat import HeatProfile, RoutingCapture
 from engine.native import llama_cpp
 from engine.placement import Placement
-from engine.planner import Plan
+
+if TYPE_CHECKING:
+    from engine.tuner import Choice
 
 # Used when a GGUF carries no chat template; the same ChatML fallback llama.cpp uses.
 CHATML_TEMPLATE = (
@@ -121,7 +123,7 @@ class Session:
         path: the GGUF file (any part of a split model).
         placement: where tensors go; CPU only by default. ``"auto"``: the planner's split for
             this machine, with the knobs of the last "Tune for this machine" if there was one
-            (``engine.tuner.auto_choice``); ``self.plan`` then holds the plan and its
+            (``engine.tuner.auto_choice``); ``self.choice`` then holds the plan and its
             predicted speed.
         settings: context size, batch sizes, threads.
         on_progress: called with 0..1 while weights load; return False to abort the load.
@@ -149,13 +151,12 @@ class Session:
         self.dry_run = dry_run
         self.info: GGUFInfo = read_gguf(path)
         self.path = self.info.path  # the first part of a split model is what the engine loads
-        self.plan: Plan | None = None
-        self.tuned = False
+        self.choice: Choice | None = None  # the plan behind an "auto" placement
         if placement == "auto":
             from engine.tuner import auto_choice
 
-            choice = auto_choice(self.info, self.settings.n_ctx)
-            placement, self.plan, self.tuned = choice.placement, choice.plan, choice.tuned
+            choice = self.choice = auto_choice(self.info, self.settings.n_ctx)
+            placement = choice.placement
             self.settings = replace(
                 self.settings,
                 n_batch=max(self.settings.n_batch, choice.n_ubatch),

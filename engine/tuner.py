@@ -76,6 +76,7 @@ class Choice:
     n_ubatch: int
     n_threads: int | None
     tuned: bool = False  # the knobs come from a measurement on this machine
+    machine_key: str = ""
 
 
 @dataclass(frozen=True)
@@ -183,7 +184,9 @@ def choose(
     placement = result.placement if result.runs else Placement.cpu_only()
     if tuned:
         placement = replace(placement, label=f"Tuned: {placement.label}")
-    return Choice(knobs, result, placement, knobs.n_ubatch, knobs.n_threads, tuned)
+    return Choice(
+        knobs, result, placement, knobs.n_ubatch, knobs.n_threads, tuned, machine_key(machine)
+    )
 
 
 def remembered(info: GGUFInfo, machine: MachineProfile) -> Knobs | None:
@@ -284,9 +287,15 @@ def tune(
             n_ubatch=choice.n_ubatch,
             n_threads=choice.n_threads,
         )
-        with Session(
-            info.path, choice.placement, settings, on_progress=lambda _v: not cancel.is_set()
-        ) as session:
+        try:
+            session = Session(
+                info.path, choice.placement, settings, on_progress=lambda _v: not cancel.is_set()
+            )
+        except ModelLoadError:
+            if cancel.is_set():  # the load stopped because of the cancel
+                raise TuningCancelled from None
+            raise
+        with session:
             done += 1
             prompt_rates, reply_rates = [], []
             for round_ in range(rounds):

@@ -86,3 +86,76 @@ def test_counting_survives_a_data_folder_it_cannot_write(
     assert not window.error_banner.isVisible()
     panel.close()
     close(window)
+
+
+class Progress(QObject):
+    """Tuning progress as the GUI receives it; optionally presses Cancel at the first report."""
+
+    def __init__(self, window: ChatWindow, cancel: bool = False) -> None:
+        super().__init__()
+        self.window = window
+        self.cancel = cancel
+        self.items: list[tuple[float, str, bool]] = []
+
+    @Slot(float, str)
+    def add(self, fraction: float, message: str) -> None:
+        panel = self.window.experts
+        self.items.append((fraction, message, panel.tune_progress.isVisible()))
+        if self.cancel and panel.cancel_button.isEnabled():
+            panel.cancel_button.click()
+
+
+def test_tune_for_this_machine_measures_and_reloads_with_the_fastest(
+    qtbot: QtBot, synthetic_model: Path
+) -> None:
+    window = open_window(qtbot)
+    before = load(qtbot, window, synthetic_model)
+    assert not before["tuned"] and before["predicted"]["generation_tokens_per_s"] > 0
+    panel = window.open_experts()
+    qtbot.waitExposed(panel)
+    assert not panel.results.isVisible()
+    progress = Progress(window)
+    window.worker.tune_progressed.connect(progress.add)
+    with qtbot.waitSignal(window.model_ready, timeout=2 * LOAD_TIMEOUT_MS) as reloaded:
+        panel.tune_button.click()
+        qtbot.waitUntil(lambda: bool(progress.items), timeout=LOAD_TIMEOUT_MS)
+        # while it measures, the chat explains why it waits
+        type_and_send(qtbot, window, "hello")
+        assert "Tuning" in window.error_label.text()
+    model = reloaded.args[0]
+    assert all(visible for _, _, visible in progress.items)
+    assert any("Measuring candidate" in message for _, message, _ in progress.items)
+    tuning = model["tuning"]
+    assert model["tuned"] and model["placement"].startswith("Tuned: ")
+    assert "Tuned: " in window.model_label.text()
+    # the table lists every measured candidate and marks the fastest, which the load used
+    rows = panel.results.rowCount()
+    assert panel.results.isVisible() and rows == len(tuning.measurements) >= 2
+    marked = [r for r in range(rows) if panel.results.item(r, 0).text().startswith("✓")]
+    assert marked == [tuning.measurements.index(tuning.best)]
+    assert tuning.best.label in panel.tune_status.text()
+    assert not panel.tune_progress.isVisible() and panel.tune_button.isEnabled()
+
+    with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS) as finished:
+        type_and_send(qtbot, window, "hello world")
+    measured = finished.args[0]["generation_tokens_per_s"]
+    assert f"measured in the last reply: {measured:.1f}" in panel.placement.text()
+    panel.close()
+    close(window)
+
+
+def test_cancelled_tuning_changes_nothing(qtbot: QtBot, upcycled_moe: Path) -> None:
+    window = open_window(qtbot)
+    load(qtbot, window, upcycled_moe)
+    panel = window.open_experts()
+    progress = Progress(window, cancel=True)
+    window.worker.tune_progressed.connect(progress.add)
+    with qtbot.waitSignal(window.model_ready, timeout=4 * LOAD_TIMEOUT_MS) as reloaded:
+        panel.tune_button.click()
+    model = reloaded.args[0]
+    assert not model["tuned"] and model["tuning"] is None
+    assert "nothing was changed" in panel.tune_status.text()
+    assert not panel.results.isVisible() and not window.error_banner.isVisible()
+    assert not list((app_home() / "tuning").glob("*.json"))
+    panel.close()
+    close(window)

@@ -42,7 +42,7 @@ def test_tuning_measures_each_candidate_and_the_next_auto_load_uses_the_fastest(
     remembered = Tuning.load(tuning.model_key, machine_key(machine))
     assert remembered is not None and remembered.best == best
     with Session(synthetic_model, "auto") as session:
-        assert session.tuned
+        assert session.choice is not None and session.choice.tuned
         assert session.placement.label.startswith("Tuned: ")
         assert session.settings.n_ubatch == min(best.knobs.n_ubatch, session.settings.n_batch)
         if best.knobs.n_threads:
@@ -61,7 +61,7 @@ def test_cancelled_tuning_remembers_nothing(synthetic_model: Path) -> None:
         tune(synthetic_model, 512, machine, progress, cancel, prompt_tokens=32, reply_tokens=4)
     assert Tuning.load(model_key(synthetic_model), machine_key(machine)) is None
     with Session(synthetic_model, "auto") as session:
-        assert not session.tuned
+        assert session.choice is not None and not session.choice.tuned
 
 
 def test_every_candidate_stays_within_the_devices_free_memory(
