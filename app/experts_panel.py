@@ -389,12 +389,19 @@ class ExpertsPanel(QWidget):
         where = ", ".join(f"{device} {size / 2**30:.2f} GiB" for device, size in measured.items())
         layers = model.get("gpu_expert_layers", [])
         n_layers = model.get("n_layers", 0)
+        partial = model.get("partial_expert_layer")
+        part = f" and {partial[1]:.0%} of layer {partial[0]}'s" if partial else ""
         text = (
             f"Placement: {model.get('placement', '?')}; expert layers on a GPU: "
-            f"{len(layers)} of {n_layers}. Measured at load: {where or 'nothing reported'}."
+            f"{len(layers)}{part} of {n_layers}. Measured at load: "
+            f"{where or 'nothing reported'}."
         )
-        shares = read_shares(counts, layers) if counts is not None else None
-        if shares is not None and layers:
+        shares = (
+            read_shares(counts, layers, tuple(partial) if partial else None)
+            if counts is not None
+            else None
+        )
+        if shares is not None and (layers or partial):
             text += f" By the counted heat, {shares.describe()}."
         predicted = model.get("predicted")
         if predicted:

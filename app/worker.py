@@ -102,6 +102,11 @@ class SessionWorker(QObject):
                 "n_ctx": session.n_ctx,
                 "placement": session.placement.label,
                 "gpu_expert_layers": list(session.placement.gpu_expert_layers),
+                "partial_expert_layer": (
+                    [session.placement.partial_expert_layer, session.placement.partial_gpu_share]
+                    if session.placement.partial_expert_layer is not None
+                    else None
+                ),
                 "n_layers": info.n_layers,
                 "measured": measured_memory(session),
                 "predicted": {

@@ -332,20 +332,30 @@ class ReadShares:
         )
 
 
-def read_shares(counts: np.ndarray, gpu_expert_layers: Sequence[int]) -> ReadShares | None:
+def read_shares(
+    counts: np.ndarray, gpu_expert_layers: Sequence[int], partial: tuple[int, float] | None = None
+) -> ReadShares | None:
     """f for a plan's GPU expert layers and for the ideal per-expert set of equal size.
 
-    Assumes every expert of the model has the same size, as in every MoE GGUF we know. None
-    when nothing was counted.
+    ``partial`` is a layer with a share of its expert bytes on the GPU (its gate and up, say):
+    that share of its reads counts as served there. Assumes every expert of the model has the
+    same size, as in every MoE GGUF we know. None when nothing was counted.
     """
     total = counts.sum()
     if total == 0:
         return None
     layers = [layer for layer in gpu_expert_layers if 0 <= layer < counts.shape[0]]
-    on_gpu = counts[layers].sum() if layers else 0
-    slots = len(layers) * counts.shape[1]
-    hottest = np.sort(counts.ravel())[::-1][:slots].sum()
-    return ReadShares(float(on_gpu / total), float(hottest / total))
+    on_gpu = float(counts[layers].sum()) if layers else 0.0
+    slots = float(len(layers) * counts.shape[1])
+    if partial is not None and 0 <= partial[0] < counts.shape[0]:
+        on_gpu += float(counts[partial[0]].sum()) * partial[1]
+        slots += counts.shape[1] * partial[1]
+    ranked = np.sort(counts.ravel())[::-1]
+    whole = int(slots)
+    hottest = float(ranked[:whole].sum())
+    if whole < ranked.size:
+        hottest += float(ranked[whole]) * (slots - whole)
+    return ReadShares(on_gpu / float(total), hottest / float(total))
 
 
 def profile_for(path: str | Path, n_layers: int, n_experts: int, n_used: int) -> HeatProfile:

@@ -15,6 +15,11 @@ def expert_layers_pattern(layers: list[int] | range) -> str:
     return rf"^blk\.({joined})\.ffn_(up|down|gate|gate_up)_exps\."
 
 
+def expert_parts_pattern(layer: int, kinds: tuple[str, ...] | list[str]) -> str:
+    """Regex for some routed-expert tensors of one layer (``gate``, ``up``, ``down``…)."""
+    return rf"^blk\.{layer}\.ffn_({'|'.join(kinds)})_exps\."
+
+
 @dataclass(frozen=True)
 class TensorRule:
     """Tensors whose name the regex ``pattern`` *searches* go to the engine device ``device``."""
@@ -41,6 +46,8 @@ class Placement:
     label: str = "CPU only"
     gpu_expert_layers: tuple[int, ...] = ()  # layers whose routed experts the plan put on a GPU
     offload_kv: bool = True  # KV cache (and attention) on the GPUs that hold the layers
+    partial_expert_layer: int | None = None  # a layer with some expert tensors on a GPU
+    partial_gpu_share: float = 0.0  # the share of that layer's expert bytes on the GPU
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Placement:
@@ -52,6 +59,8 @@ class Placement:
             label=str(raw.get("label", "")),
             gpu_expert_layers=tuple(int(i) for i in raw.get("gpu_expert_layers", ())),
             offload_kv=bool(raw.get("offload_kv", True)),
+            partial_expert_layer=raw.get("partial_expert_layer"),
+            partial_gpu_share=float(raw.get("partial_gpu_share", 0.0)),
         )
 
     @classmethod

@@ -22,14 +22,16 @@ kind of host through our own loop (bench/placements.py: decode within 5-18%):
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
+from itertools import combinations
 
 from engine.catalog import CatalogModel, CatalogQuant
 from engine.gguf_file import GGUFInfo, Role
 from engine.hardware import GPUInfo, MachineProfile
-from engine.placement import Placement, TensorRule, expert_layers_pattern
+from engine.placement import Placement, TensorRule, expert_layers_pattern, expert_parts_pattern
 
 GIB = 1 << 30
 
@@ -85,6 +87,15 @@ class ModelShape:
     expert_bytes_per_layer: tuple[int, ...]  # routed experts of each layer, in layer order
     active_params: float
     exact: bool
+    # Per layer, the routed-expert tensors one can place apart ("gate", "up", "down" or a
+    # fused "gate_up") and their bytes; empty: three equal parts, as in most MoE files.
+    expert_parts: tuple[tuple[tuple[str, int], ...], ...] = ()
+
+    def parts_of(self, layer: int) -> tuple[tuple[str, int], ...]:
+        if layer < len(self.expert_parts) and self.expert_parts[layer]:
+            return self.expert_parts[layer]
+        third = self.expert_bytes_per_layer[layer] // 3
+        return (("gate", third), ("up", third), ("down", third))
 
     @property
     def expert_bytes(self) -> int:
@@ -161,7 +172,26 @@ class ModelShape:
             expert_bytes_per_layer=layers,
             active_params=active,
             exact=True,
+            expert_parts=_expert_parts(info),
         )
+
+
+_EXPERT_KIND = re.compile(r"\.ffn_(gate_up|gate|up|down)_exps\.")
+
+
+def _expert_parts(info: GGUFInfo) -> tuple[tuple[tuple[str, int], ...], ...]:
+    parts: list[dict[str, int]] = [{} for _ in range(info.n_layers)]
+    for tensor in info.tensors:
+        match = _EXPERT_KIND.search(tensor.name)
+        layer = tensor.layer
+        if match and tensor.role is Role.ROUTED_EXPERTS and layer is not None:
+            kinds = parts[layer] if layer < info.n_layers else {}
+            kinds[match.group(1)] = kinds.get(match.group(1), 0) + tensor.n_bytes
+    return tuple(tuple(sorted(kinds.items(), key=_part_order)) for kinds in parts)
+
+
+def _part_order(part: tuple[str, int]) -> int:
+    return ("gate_up", "gate", "up", "down").index(part[0])
 
 
 def _vocab_size(info: GGUFInfo) -> int:
@@ -248,7 +278,10 @@ class Plan:
     def expert_share_on_gpu(self) -> float:
         """f: share of expert reads served from VRAM (layer placement, uniform routing)."""
         total = self.shape.expert_bytes
-        on_gpu = sum(self.shape.expert_bytes_per_layer[i] for i in self.gpu_expert_layers)
+        on_gpu: float = sum(self.shape.expert_bytes_per_layer[i] for i in self.gpu_expert_layers)
+        partial = self.placement.partial_expert_layer
+        if partial is not None:
+            on_gpu += self.shape.expert_bytes_per_layer[partial] * self.placement.partial_gpu_share
         return on_gpu / total if total else 1.0
 
     def summary(self) -> str:
@@ -404,12 +437,23 @@ def _plan_gpu(
         used[gpu_index] += size
     gpu_layers = tuple(sorted(layer for group in layers_on for layer in group))
     cpu_layers = [i for i in expert_layer_order(shape) if i not in set(gpu_layers)]
+    # Fill what is left with part of the next layer: its gate and up, say, with down in RAM.
+    partial: tuple[int, tuple[str, ...], tuple[str, ...], int] | None = None
+    partial_gpu = -1
+    if cpu_layers and settings.gpu_expert_layers is None:
+        layer = next(i for i in expert_layer_order(shape, settings.layer_order) if i in cpu_layers)
+        partial_gpu = max(range(len(gpus)), key=lambda g: budgets[g] - used[g])
+        partial = _partial_layer(shape, layer, budgets[partial_gpu] - used[partial_gpu])
+        if partial is not None:
+            cpu_layers.remove(layer)
+    partial_bytes = partial[3] if partial else 0
     fill = min(n_ctx, TYPICAL_FILL)
     kv_read = shape.kv_bytes(fill, settings.kv_bytes_per_element)
     gpu_kv_read = kv_read if settings.kv_on_gpu else 0
     devices = []
     for i, gpu in enumerate(gpus):
         expert_bytes = sum(shape.expert_bytes_per_layer[j] for j in layers_on[i])
+        expert_bytes += partial_bytes if i == partial_gpu else 0
         devices.append(
             DevicePlan(
                 device=gpu.engine_device or gpu.name,
@@ -424,11 +468,14 @@ def _plan_gpu(
             )
         )
     cpu_expert_bytes = sum(shape.expert_bytes_per_layer[j] for j in cpu_layers)
+    if partial is not None:
+        cpu_expert_bytes += shape.expert_bytes_per_layer[partial[0]] - partial_bytes
+    in_ram = bool(cpu_layers or partial)
     ram_bandwidth = machine.ram_bandwidth or DEFAULT_RAM_BANDWIDTH
     ram_budget = max(0, (machine.ram_available or 0) - settings.ram_margin)
     # Only the expert matmuls run here; logits stay with the output head on the GPU.
     # (23 MiB measured for SmolLM2's upcycled MoE at ubatch 512; fitted there.)
-    cpu_compute = 4 * 2**20 + settings.n_ubatch * 4 * 18 * shape.n_embd if cpu_layers else 0
+    cpu_compute = 4 * 2**20 + settings.n_ubatch * 4 * 18 * shape.n_embd if in_ram else 0
     if not settings.kv_on_gpu:  # attention runs here too: scores of a ubatch over the context
         heads = max(1, shape.n_embd // max(1, shape.head_dim))
         cpu_compute += settings.n_ubatch * n_ctx * heads * 4
@@ -449,7 +496,7 @@ def _plan_gpu(
         # batches at ~55 GB/s instead of ~7 (TECH-NOTES: 4.7x prompt speed). That memory
         # cannot be paged out, so only when it takes at most PINNED_RAM_SHARE of what is free.
         unified = any(g.unified_memory for g in gpus)
-        use_mmap = not (cpu_layers and not unified and cpu.total <= PINNED_RAM_SHARE * ram_budget)
+        use_mmap = not (in_ram and not unified and cpu.total <= PINNED_RAM_SHARE * ram_budget)
 
     efficiency = CPU_EFFICIENCY * (1.0 if shape.quant in UNREPACKED_TYPES else REPACK_LOSS)
     seconds = cpu.read_per_token / (ram_bandwidth * efficiency)
@@ -460,22 +507,30 @@ def _plan_gpu(
 
     gpu_flops = sum((g.bandwidth or DEFAULT_GPU_BANDWIDTH) for g in gpus) * GPU_FLOPS_PER_BYTE_PER_S
     prompt_seconds = 2 * shape.active_params / gpu_flops
-    if cpu_layers:
+    if in_ram:
         copy_rate = MAPPED_COPY_BPS if use_mmap else PINNED_COPY_BPS
         prompt_seconds += cpu_expert_bytes / copy_rate / settings.n_ubatch
     rules = []
     if cpu_layers:
         rules.append(TensorRule(expert_layers_pattern(cpu_layers), "CPU"))
+    if partial is not None:
+        rules.append(TensorRule(expert_parts_pattern(partial[0], partial[2]), "CPU"))
     if len(gpus) > 1:
         for i, gpu in enumerate(gpus):
             if layers_on[i] and gpu.engine_device:
                 rules.append(TensorRule(expert_layers_pattern(layers_on[i]), gpu.engine_device))
-    verdict = Verdict.HYBRID if cpu_layers or not settings.kv_on_gpu else Verdict.FULL_GPU
+        holder = gpus[partial_gpu].engine_device
+        if partial is not None and holder:
+            rules.append(TensorRule(expert_parts_pattern(partial[0], partial[1]), holder))
+    verdict = Verdict.HYBRID if in_ram or not settings.kv_on_gpu else Verdict.FULL_GPU
+    n_expert_layers = len(cpu_layers) + len(gpu_layers) + (partial is not None)
     label = (
         "All on the GPU"
-        if not cpu_layers
-        else f"GPU, {len(cpu_layers)} of {len(cpu_layers) + len(gpu_layers)} expert layers in RAM"
+        if not in_ram
+        else f"GPU, {len(cpu_layers)} of {n_expert_layers} expert layers in RAM"
     )
+    if partial is not None:
+        label += f", layer {partial[0]}'s {'+'.join(partial[2])} in RAM"
     if not settings.kv_on_gpu:
         label += ", KV cache in RAM"
     return Plan(
@@ -489,12 +544,36 @@ def _plan_gpu(
             label=label,
             gpu_expert_layers=gpu_layers,
             offload_kv=settings.kv_on_gpu,
+            partial_expert_layer=partial[0] if partial else None,
+            partial_gpu_share=partial_bytes / shape.expert_bytes_per_layer[partial[0]]
+            if partial
+            else 0.0,
         ),
         devices=tuple(devices),
         gpu_expert_layers=gpu_layers,
         decode_tokens_per_s=decode,
         prompt_tokens_per_s=1 / prompt_seconds,
     )
+
+
+def _partial_layer(
+    shape: ModelShape, layer: int, room: int
+) -> tuple[int, tuple[str, ...], tuple[str, ...], int] | None:
+    """The most bytes of ``layer``'s expert tensors that fit in ``room``, short of all of
+    them: (layer, kinds on the GPU, kinds in RAM, bytes on the GPU), or None."""
+    parts = shape.parts_of(layer)
+    fitting = [
+        combo
+        for size in range(1, len(parts))
+        for combo in combinations(parts, size)
+        if sum(b for _, b in combo) <= room
+    ]
+    if not fitting:
+        return None
+    best = max(fitting, key=lambda combo: sum(b for _, b in combo))  # first of equals: gate
+    on_gpu = tuple(kind for kind, _ in best)
+    in_ram = tuple(kind for kind, _ in parts if kind not in on_gpu)
+    return layer, on_gpu, in_ram, sum(b for _, b in best)
 
 
 @dataclass(frozen=True)

@@ -195,3 +195,32 @@ def test_kv_cache_in_ram_with_more_expert_layers_on_the_device(
         gpu_plan.weights, rel=0.02
     )
     assert _cpu_bytes(report.compute_buffers) <= cpu_plan.compute
+
+
+def test_part_of_an_expert_layer_on_the_device(
+    upcycled_moe: Path, dense_reply: str, rpc_device: str
+) -> None:
+    """Room for 15.7 expert layers: 15 whole ones and the gate and up tensors of the 16th."""
+    from engine.hardware import detect
+    from engine.planner import ModelShape, Settings, gpu_free_needed, plan
+    from tests.helpers.machines import GIB, gpu
+
+    shape = ModelShape.from_gguf(read_gguf(upcycled_moe))
+    settings = Settings(n_ctx=4096)
+    free = gpu_free_needed(shape, settings, expert_share=15.7 / 30)
+    machine = replace(
+        detect(engine=False, measure_bandwidth=False),
+        gpus=(gpu("RPC test device", free / GIB, rpc_device),),
+    )
+    planned = plan(shape, machine, settings)
+    placement = planned.placement
+    assert len(planned.gpu_expert_layers) == 15
+    assert placement.partial_expert_layer == 15
+    assert placement.partial_gpu_share == pytest.approx(2 / 3, rel=0.01)
+    with Session(upcycled_moe, placement, LoadSettings(n_ctx=4096)) as session:
+        text = session.chat(QUESTION, SamplingSettings.greedy(48)).text
+        report = session.load_report
+    assert text == dense_reply
+    gpu_plan, cpu_plan = planned.devices
+    assert _close_to(_device_bytes(report.model_buffers, rpc_device), gpu_plan.weights)
+    assert _close_to(_cpu_bytes(report.model_buffers), cpu_plan.weights)

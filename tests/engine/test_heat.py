@@ -144,6 +144,11 @@ def test_read_shares_compare_layer_placement_with_a_hot_set_of_equal_size() -> N
     assert "33% of expert reads" in shares.describe() and "79%" in shares.describe()
     assert read_shares(counts, ()) == ReadShares(0.0, 0.0)
     assert read_shares(np.zeros((2, 4), np.int64), (0,)) is None
+    # half of layer 2's expert bytes on the GPU too: half its reads, and 2 more hot slots
+    shares = read_shares(counts, (1,), partial=(2, 0.5))
+    assert shares is not None
+    assert shares.layer_placement == pytest.approx((8 + 8 * 0.5) / 24)
+    assert shares.per_expert == pytest.approx((8 + 7 + 2 + 2 + 2 + 2) / 24)
 
 
 def test_flattest_layers_go_to_the_gpu_first() -> None:

@@ -77,19 +77,29 @@ def test_hybrid_placement_sends_exactly_the_planned_layers_to_ram() -> None:
     result = plan(shape(QWEN), GPU_8_RAM_32)
     placement = result.placement
     assert placement.n_gpu_layers == -1
-    [rule] = placement.rules
-    assert rule.device == "CPU"
-    pattern = re.compile(rule.pattern)
+    whole, part = placement.rules  # whole layers in RAM, then part of the next one
+    assert whole.device == part.device == "CPU"
+    patterns = [re.compile(rule.pattern) for rule in placement.rules]
     on_cpu = {
-        layer
+        (layer, kind)
         for layer in range(48)
         for kind in ("up", "gate", "down")
-        if pattern.search(f"blk.{layer}.ffn_{kind}_exps.weight")
+        if any(p.search(f"blk.{layer}.ffn_{kind}_exps.weight") for p in patterns)
     }
-    assert on_cpu == set(range(48)) - set(result.gpu_expert_layers)
-    assert not pattern.search("blk.3.attn_q.weight")
-    assert not pattern.search("blk.30.ffn_gate_inp.weight")  # the router stays on the GPU
+    partial = placement.partial_expert_layer
+    assert partial is not None and partial not in result.gpu_expert_layers
+    in_ram = set(range(48)) - set(result.gpu_expert_layers) - {partial}
+    assert {layer for layer, _ in on_cpu} == in_ram | {partial}
+    # the layer that did not fit whole: gate and up fit beside the others, down stays in RAM
+    assert {kind for layer, kind in on_cpu if layer == partial} == {"down"}
+    assert placement.partial_gpu_share == pytest.approx(2 / 3, rel=0.01)
+    assert f"layer {partial}'s down in RAM" in placement.label
+    for pattern in patterns:
+        assert not pattern.search("blk.3.attn_q.weight")
+        assert not pattern.search("blk.30.ffn_gate_inp.weight")  # the router stays on the GPU
     assert 0 < result.expert_share_on_gpu < 0.5
+    gpu_plan = result.devices[0]
+    assert gpu_plan.total <= gpu_plan.budget
 
 
 def test_two_gpus_share_the_expert_layers() -> None:
