@@ -46,6 +46,7 @@ class Placement:
     label: str = "CPU only"
     gpu_expert_layers: tuple[int, ...] = ()  # layers whose routed experts the plan put on a GPU
     offload_kv: bool = True  # KV cache (and attention) on the GPUs that hold the layers
+    no_host: bool = False  # CPU-side weights in repacked CPU buffers, not the GPU's host buffer
     partial_expert_layer: int | None = None  # a layer with some expert tensors on a GPU
     partial_gpu_share: float = 0.0  # the share of that layer's expert bytes on the GPU
 
@@ -59,6 +60,7 @@ class Placement:
             label=str(raw.get("label", "")),
             gpu_expert_layers=tuple(int(i) for i in raw.get("gpu_expert_layers", ())),
             offload_kv=bool(raw.get("offload_kv", True)),
+            no_host=bool(raw.get("no_host", False)),
             partial_expert_layer=raw.get("partial_expert_layer"),
             partial_gpu_share=float(raw.get("partial_gpu_share", 0.0)),
         )

@@ -229,6 +229,9 @@ class Settings:
         None  # at most this many expert layers on GPUs (None: all that fit)
     )
     layer_order: tuple[int, ...] | None = None  # which expert layers go to a GPU first (heat)
+    # Experts in RAM repacked for the CPU's kernels: faster generation (+11% on TECH-NOTES's
+    # host), but prompt batches can no longer copy them to the GPU, so prompts get slow.
+    no_host: bool = False
 
 
 @dataclass(frozen=True)
@@ -498,7 +501,8 @@ def _plan_gpu(
         unified = any(g.unified_memory for g in gpus)
         use_mmap = not (in_ram and not unified and cpu.total <= PINNED_RAM_SHARE * ram_budget)
 
-    efficiency = CPU_EFFICIENCY * (1.0 if shape.quant in UNREPACKED_TYPES else REPACK_LOSS)
+    repacked = settings.no_host or shape.quant in UNREPACKED_TYPES
+    efficiency = CPU_EFFICIENCY * (1.0 if repacked else REPACK_LOSS)
     seconds = cpu.read_per_token / (ram_bandwidth * efficiency)
     for device in devices[:-1]:
         seconds += device.read_per_token / (device.bandwidth * GPU_EFFICIENCY)
@@ -507,7 +511,14 @@ def _plan_gpu(
 
     gpu_flops = sum((g.bandwidth or DEFAULT_GPU_BANDWIDTH) for g in gpus) * GPU_FLOPS_PER_BYTE_PER_S
     prompt_seconds = 2 * shape.active_params / gpu_flops
-    if in_ram:
+    if in_ram and settings.no_host:
+        # Repacked weights cannot be copied to the GPU: the CPU computes its experts' share.
+        expert_read = shape.expert_bytes * shape.read_share
+        active_share = expert_read / max(1.0, expert_read + shape.gpu_always_bytes)
+        cpu_share = cpu_expert_bytes / max(1, shape.expert_bytes)
+        cpu_params = shape.active_params * active_share * cpu_share
+        prompt_seconds += 2 * cpu_params / _cpu_flops(machine)
+    elif in_ram:
         copy_rate = MAPPED_COPY_BPS if use_mmap else PINNED_COPY_BPS
         prompt_seconds += cpu_expert_bytes / copy_rate / settings.n_ubatch
     rules = []
@@ -533,6 +544,8 @@ def _plan_gpu(
         label += f", layer {partial[0]}'s {'+'.join(partial[2])} in RAM"
     if not settings.kv_on_gpu:
         label += ", KV cache in RAM"
+    if settings.no_host and in_ram:
+        label += ", experts repacked for the CPU"
     return Plan(
         shape=shape,
         n_ctx=n_ctx,
@@ -544,6 +557,7 @@ def _plan_gpu(
             label=label,
             gpu_expert_layers=gpu_layers,
             offload_kv=settings.kv_on_gpu,
+            no_host=settings.no_host and in_ram,
             partial_expert_layer=partial[0] if partial else None,
             partial_gpu_share=partial_bytes / shape.expert_bytes_per_layer[partial[0]]
             if partial

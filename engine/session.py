@@ -153,9 +153,10 @@ class Session:
         self.path = self.info.path  # the first part of a split model is what the engine loads
         self.choice: Choice | None = None  # the plan behind an "auto" placement
         if placement == "auto":
-            from engine.tuner import auto_choice
+            from engine.tuner import Knobs, auto_choice
 
-            choice = self.choice = auto_choice(self.info, self.settings.n_ctx)
+            asked = Knobs(n_ubatch=self.settings.n_ubatch, n_threads=self.settings.n_threads)
+            choice = self.choice = auto_choice(self.info, self.settings.n_ctx, default=asked)
             placement = choice.placement
             self.settings = replace(
                 self.settings,
@@ -199,6 +200,7 @@ class Session:
             else ll.LLAMA_LOAD_MODE_NONE  # a dry run aborts the process in any other mode
         )
         params.no_alloc = self.dry_run
+        params.no_host = self.placement.no_host
         address = self._overrides.address
         if address is not None:
             params.tensor_buft_overrides = address

@@ -7,8 +7,9 @@ model file and machine. The next "auto" load plans with those knobs, so a change
 length or less free memory is still planned for, never replayed blindly.
 
 Candidates are the planner's choice; one and two expert layers fewer on the GPU; the KV cache
-in RAM (room for more expert layers); larger prompt batches when experts stay in RAM (each
-batch copies them to the GPU once); and on a CPU-only machine, thread count and batch size.
+in RAM (room for more expert layers); experts in RAM repacked for the CPU (faster
+generation, slow prompts); larger prompt batches when experts stay in RAM (each batch copies
+them to the GPU once); and on a CPU-only machine, thread count and batch size.
 Each is planned within the free memory measured before tuning starts, so none can exceed it.
 """
 
@@ -53,6 +54,7 @@ class Knobs:
     kv_on_gpu: bool = True
     n_ubatch: int = 512
     n_threads: int | None = None
+    no_host: bool = False
 
     def describe(self, base: Knobs | None = None) -> str:
         """What differs from ``base`` (the planner's choice), in a few words."""
@@ -66,6 +68,8 @@ class Knobs:
             parts.append(f"prompt batches of {self.n_ubatch}")
         if self.n_threads != base.n_threads and self.n_threads:
             parts.append(f"{self.n_threads} threads")
+        if self.no_host != base.no_host:
+            parts.append("experts in RAM repacked for the CPU" if self.no_host else "no repacking")
         return ", ".join(parts) or "the planner's choice"
 
 
@@ -190,6 +194,7 @@ def choose(
         kv_on_gpu=knobs.kv_on_gpu,
         gpu_expert_layers=knobs.gpu_expert_layers,
         layer_order=order,
+        no_host=knobs.no_host,
     )
     result = make_plan(ModelShape.from_gguf(info), machine, settings)
     placement = result.placement if result.runs else Placement.cpu_only()
@@ -207,11 +212,17 @@ def remembered(info: GGUFInfo, machine: MachineProfile) -> Knobs | None:
     return best.knobs if best is not None else None
 
 
-def auto_choice(info: GGUFInfo, n_ctx: int, machine: MachineProfile | None = None) -> Choice:
-    """What an "auto" load uses: the remembered tuning if there is one, else the planner's."""
+def auto_choice(
+    info: GGUFInfo,
+    n_ctx: int,
+    machine: MachineProfile | None = None,
+    default: Knobs | None = None,
+) -> Choice:
+    """What an "auto" load uses: the remembered tuning if there is one, else the planner's
+    with ``default`` knobs (the caller's batch size and threads)."""
     machine = machine or this_machine()
     knobs = remembered(info, machine)
-    return choose(info, n_ctx, machine, knobs, tuned=knobs is not None)
+    return choose(info, n_ctx, machine, knobs or default, tuned=knobs is not None)
 
 
 def candidates(info: GGUFInfo, n_ctx: int, machine: MachineProfile) -> list[Choice]:
@@ -225,7 +236,7 @@ def candidates(info: GGUFInfo, n_ctx: int, machine: MachineProfile) -> list[Choi
         layers = len(base.plan.gpu_expert_layers)
         variants += [Knobs(gpu_expert_layers=n) for n in (layers - 1, layers - 2) if n >= 0]
         if base.plan.verdict is Verdict.HYBRID:
-            variants += [Knobs(kv_on_gpu=False)]
+            variants += [Knobs(kv_on_gpu=False), Knobs(no_host=True)]
             variants += [Knobs(n_ubatch=n) for n in (1024, 2048)]
     else:
         physical, logical = machine.physical_cores or 1, machine.logical_cores or 1
@@ -244,7 +255,7 @@ def candidates(info: GGUFInfo, n_ctx: int, machine: MachineProfile) -> list[Choi
 
 
 def _identity(choice: Choice) -> tuple[Any, ...]:
-    return (choice.placement.rules, choice.placement.offload_kv, choice.n_ubatch, choice.n_threads)
+    return (replace(choice.placement, label=""), choice.n_ubatch, choice.n_threads)
 
 
 def _fits(result: Plan) -> bool:

@@ -271,3 +271,15 @@ def test_expert_layer_limit_and_order() -> None:
     assert plan(qwen, GPU_8_RAM_32, Settings(gpu_expert_layers=100)).gpu_expert_layers == (
         plan(qwen, GPU_8_RAM_32).gpu_expert_layers  # a limit is never more than fits
     )
+
+
+def test_repacked_experts_trade_prompt_speed_for_generation() -> None:
+    qwen = shape(QWEN)
+    plain = plan(qwen, GPU_8_RAM_32)
+    repacked = plan(qwen, GPU_8_RAM_32, Settings(no_host=True))
+    assert repacked.placement.no_host and not plain.placement.no_host
+    assert repacked.decode_tokens_per_s > plain.decode_tokens_per_s
+    assert repacked.prompt_tokens_per_s < plain.prompt_tokens_per_s / 2
+    assert "repacked" in repacked.placement.label
+    # nothing in RAM, nothing to repack
+    assert not plan(shape(OLMOE), GPU_24_RAM_64, Settings(no_host=True)).placement.no_host
