@@ -18,6 +18,7 @@ import hashlib
 import json
 import math
 import re
+import zipfile
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -25,7 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from engine.library import atomic_write_json
+from engine.library import atomic_write
 from engine.paths import app_home
 
 Phase = Literal["prompt", "generation"]
@@ -33,7 +34,7 @@ PHASES: tuple[Phase, ...] = ("prompt", "generation")
 TOPK_PREFIX = b"ffn_moe_topk-"
 BLOCK_TOKENS = 256  # tokens per time-ordered block of counts
 MAX_BLOCKS = 128  # beyond this, neighbouring blocks merge (halves stay exact enough)
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 was JSON (.json); 2 is arrays (.npz)
 
 
 def model_key(path: str | Path) -> str:
@@ -133,54 +134,69 @@ class HeatProfile:
 
     # -- persistence ---------------------------------------------------------------------------
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        """Everything, as arrays for ``np.savez``; the inverse of ``from_arrays``."""
+        meta = {
             "format": FORMAT_VERSION,
             "model": self.model,
             "key": self.key,
             "n_layers": self.n_layers,
             "n_experts": self.n_experts,
             "n_experts_used": self.n_experts_used,
-            "counts": {phase: self.counts[phase].tolist() for phase in PHASES},
-            "tokens": dict(self.tokens),
-            "blocks": [block.tolist() for block in self.blocks],
-            "block_tokens": list(self.block_tokens),
+            "tokens": self.tokens,
             "block_size": self.block_size,
+        }
+        empty = np.zeros((0, self.n_layers, self.n_experts), np.int32)
+        return {
+            "meta": np.array(json.dumps(meta)),
+            **{f"counts_{phase}": self.counts[phase] for phase in PHASES},
+            # int32: a block would need 2^31 picks of one expert to overflow
+            "blocks": np.stack(self.blocks).astype(np.int32) if self.blocks else empty,
+            "block_tokens": np.array(self.block_tokens, np.int64),
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> HeatProfile:
-        if data.get("format") != FORMAT_VERSION:
-            raise ValueError(f"unknown heat profile format {data.get('format')!r}")
+    def from_arrays(cls, arrays: Any) -> HeatProfile:
+        meta = json.loads(str(arrays["meta"]))
+        if meta.get("format") != FORMAT_VERSION:
+            raise ValueError(f"unknown heat profile format {meta.get('format')!r}")
         profile = cls(
-            n_layers=int(data["n_layers"]),
-            n_experts=int(data["n_experts"]),
-            n_experts_used=int(data["n_experts_used"]),
-            model=str(data.get("model", "")),
-            key=str(data.get("key", "")),
-            counts={p: np.array(data["counts"][p], np.int64) for p in PHASES},
-            tokens={p: int(data["tokens"][p]) for p in PHASES},
-            blocks=[np.array(b, np.int64) for b in data.get("blocks", [])],
-            block_tokens=[int(t) for t in data.get("block_tokens", [])],
-            block_size=int(data.get("block_size", BLOCK_TOKENS)),
+            n_layers=int(meta["n_layers"]),
+            n_experts=int(meta["n_experts"]),
+            n_experts_used=int(meta["n_experts_used"]),
+            model=str(meta.get("model", "")),
+            key=str(meta.get("key", "")),
+            counts={p: np.array(arrays[f"counts_{p}"], np.int64) for p in PHASES},
+            tokens={p: int(meta["tokens"][p]) for p in PHASES},
+            blocks=list(np.array(arrays["blocks"], np.int64)),
+            block_tokens=[int(t) for t in arrays["block_tokens"]],
+            block_size=int(meta.get("block_size", BLOCK_TOKENS)),
         )
         shape = (profile.n_layers, profile.n_experts)
-        if any(profile.counts[p].shape != shape for p in PHASES):
+        if any(profile.counts[p].shape != shape for p in PHASES) or any(
+            block.shape != shape for block in profile.blocks
+        ):
             raise ValueError("heat profile counts do not match its shape")
+        if len(profile.blocks) != len(profile.block_tokens):
+            raise ValueError("heat profile blocks and their token counts differ in number")
         return profile
 
     def save(self, directory: Path | None = None) -> Path:
-        path = (directory or heat_dir()) / f"{self.key or 'unnamed'}.json"
-        atomic_write_json(path, self.to_json())
+        """Write the profile atomically as arrays (3 MB and a few ms for a 48-layer,
+        128-expert model with every block in use; JSON took 1 s and 7.6 MB)."""
+        path = (directory or heat_dir()) / f"{self.key or 'unnamed'}.npz"
+        arrays: dict[str, Any] = self.to_arrays()
+        atomic_write(path, lambda f: np.savez(f, **arrays))
         return path
 
     @classmethod
     def load(cls, key: str, directory: Path | None = None) -> HeatProfile | None:
         """The saved profile of a model, or None (none saved, or unreadable)."""
         try:
-            path = (directory or heat_dir()) / f"{key}.json"
-            return cls.from_json(json.loads(path.read_text("utf-8")))
-        except (OSError, ValueError, KeyError, TypeError):
+            path = (directory or heat_dir()) / f"{key}.npz"
+            with path.open("rb") as file, np.load(file, allow_pickle=False) as arrays:
+                return cls.from_arrays(arrays)
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
             return None
 
 

@@ -84,7 +84,9 @@ def test_profile_saves_and_loads(graded_model: Path, tmp_path: Path) -> None:
     for phase in ("prompt", "generation"):
         assert np.array_equal(loaded.counts[phase], heat.counts[phase])
     assert loaded.tokens == heat.tokens and loaded.block_tokens == heat.block_tokens
-    (tmp_path / f"{heat.key}.json").write_text("{ not json")
+    assert len(loaded.blocks) == len(heat.blocks) and loaded.block_size == heat.block_size
+    assert all(np.array_equal(a, b) for a, b in zip(loaded.blocks, heat.blocks, strict=True))
+    (tmp_path / f"{heat.key}.npz").write_bytes(b"PK\x03\x04 cut off")
     assert HeatProfile.load(heat.key, tmp_path) is None  # unreadable: start over, no crash
     assert HeatProfile.load("no-such-model", tmp_path) is None
 
