@@ -13,6 +13,7 @@ GroveMoE) pick groups by position, so a permutation would change the model: refu
 from __future__ import annotations
 
 import re
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -119,3 +120,44 @@ def write_gguf(writer: Any) -> None:
 def _int_field(reader: Any, key: str) -> int:
     field = reader.fields.get(key)
     return int(field.contents()) if field is not None else 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m engine.reorder MODEL.gguf [OUT.gguf]``: reorder by the heat counted in the
+    app (View → Experts) for MODEL.gguf. Prints what it did; exit 1 with the reason if not."""
+    import argparse
+
+    from engine.heat import HeatProfile, model_key
+
+    parser = argparse.ArgumentParser(prog="python -m engine.reorder", description=main.__doc__)
+    parser.add_argument("model", type=Path)
+    parser.add_argument("out", type=Path, nargs="?")
+    args = parser.parse_args(argv)
+    src: Path = args.model
+    dst: Path = args.out or src.with_name(f"{src.stem}.by-heat.gguf")
+    try:
+        heat = HeatProfile.load(model_key(src)) if src.is_file() else None
+    except OSError:
+        heat = None
+    if heat is None or heat.total.sum() == 0:
+        print(
+            f"No expert heat was counted for {src.name}. Load it in MoE Chat, turn counting on "
+            "in View → Experts, and chat for a while first.",
+            file=sys.stderr,
+        )
+        return 1
+    if dst.exists():
+        print(f"{dst} already exists; name another output file.", file=sys.stderr)
+        return 1
+    try:
+        reorder_experts(src, dst, heat_order(heat.total))
+    except ModelFileError as exc:
+        print(str(exc), file=sys.stderr)
+        return 1
+    tokens = heat.tokens["prompt"] + heat.tokens["generation"]
+    print(f"wrote {dst}: experts ordered by the heat of {tokens:,} counted tokens")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -99,3 +99,24 @@ def test_grouped_routing_and_bad_orders_are_refused(graded: Path, tmp_path: Path
         reorder_experts(graded, tmp_path / "out.gguf", not_a_permutation)
     with pytest.raises(ModelFileError, match="8 entries per layer"):
         reorder_experts(graded, tmp_path / "out.gguf", np.tile(np.arange(4), (4, 1)))
+
+
+def test_command_line_reorders_by_the_heat_the_app_counted(
+    graded: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from engine.heat import model_key
+    from engine.reorder import main
+
+    assert main([str(graded)]) == 1  # nothing counted yet
+    assert "turn counting on" in capsys.readouterr().err
+    reply, heat = greedy_and_heat(graded)
+    heat.key = model_key(graded)
+    heat.save()  # where the app keeps it
+    out = tmp_path / "by-heat.gguf"
+    assert main([str(graded), str(out)]) == 0
+    assert "experts ordered by the heat" in capsys.readouterr().out
+    assert greedy_and_heat(out)[0] == reply
+    recorded = GGUFReader(out).fields[ORDER_KEY].contents()
+    assert recorded[: heat.n_experts] == heat_order(heat.total)[0].tolist()
+    assert main([str(graded), str(out)]) == 1  # never overwrites
+    assert "already exists" in capsys.readouterr().err
