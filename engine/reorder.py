@@ -135,10 +135,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     src: Path = args.model
     dst: Path = args.out or src.with_name(f"{src.stem}.by-heat.gguf")
-    try:
-        heat = HeatProfile.load(model_key(src)) if src.is_file() else None
-    except OSError:
-        heat = None
+    if not src.is_file():
+        print(f"{src} is not a file.", file=sys.stderr)
+        return 1
+    heat = HeatProfile.load(model_key(src))
     if heat is None or heat.total.sum() == 0:
         print(
             f"No expert heat was counted for {src.name}. Load it in MoE Chat, turn counting on "

@@ -107,6 +107,8 @@ def test_command_line_reorders_by_the_heat_the_app_counted(
     from engine.heat import model_key
     from engine.reorder import main
 
+    assert main([str(tmp_path / "missing.gguf")]) == 1
+    assert "is not a file" in capsys.readouterr().err
     assert main([str(graded)]) == 1  # nothing counted yet
     assert "turn counting on" in capsys.readouterr().err
     reply, heat = greedy_and_heat(graded)
