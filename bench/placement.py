@@ -28,7 +28,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,38 +40,32 @@ from engine.gguf_file import GGUFInfo, read_gguf
 from engine.hardware import MachineProfile, detect, engine_view
 from engine.heat import HeatProfile
 from engine.placement import Placement
-from engine.planner import GPU_USABLE_SHARE, ModelShape, Settings, plan
+from engine.planner import GPU_USABLE_SHARE, ModelShape, Settings, compute_buffer_bytes, plan
 from engine.session import LoadSettings, Session
-from engine.synthetic import CHAT_TEMPLATE, _vocab
+from engine.synthetic import SyntheticSpec, qwen3moe_writer
 from engine.tuner import choose, tune
 
 GB = 1e9
 N_CTX = 4096
 
 
-@dataclass(frozen=True)
-class Shape:
-    n_layers: int = 48
-    n_embd: int = 2048
-    n_head: int = 32
-    n_head_kv: int = 4
-    head_dim: int = 128
-    n_experts: int = 128
-    n_used: int = 8
-    expert_ffn: int = 768
-    n_vocab: int = 151_936
+# Qwen3-30B-A3B's shape (its vocabulary is QWEN_VOCAB tokens).
+QWEN3_30B = SyntheticSpec(
+    n_layers=48, n_embd=2048, n_head=32, n_head_kv=4, head_dim=128, n_experts=128,
+    n_experts_used=8, expert_ffn=768, context_length=32768,
+)  # fmt: skip
+QWEN_VOCAB = 151_936
+SMALL = replace(QWEN3_30B, n_layers=8, n_embd=512, n_head=8, head_dim=64, n_experts=32)
+SMALL_VOCAB = 32_000
 
 
-SMALL = Shape(n_layers=8, n_embd=512, n_head=8, head_dim=64, n_experts=32, n_vocab=32_000)
-
-
-def write_q4_0_moe(path: Path, shape: Shape, seed: int = 7) -> Path:
+def write_q4_0_moe(path: Path, shape: SyntheticSpec, n_vocab: int, seed: int = 7) -> Path:
     """A qwen3moe GGUF with Q4_0 weights written block by block (no float copy in memory).
 
     Q4_0 stores 32 weights as an f16 scale d and 16 bytes of 4-bit q; the weight is
     (q - 8) x d. Drawing q from 1..15 makes every weight's mean 0.
     """
-    from gguf import GGMLQuantizationType, GGUFWriter, LlamaFileType
+    from gguf import GGMLQuantizationType, LlamaFileType
 
     rng = np.random.default_rng(seed)
     q4 = GGMLQuantizationType.Q4_0
@@ -83,9 +77,9 @@ def write_q4_0_moe(path: Path, shape: Shape, seed: int = 7) -> Path:
     # (name, kind, count, rows, cols, std): kind "q4" (Q4_0), "ones" or "normal" (F32)
     e, d, f, n = shape.n_embd, shape.head_dim, shape.expert_ffn, shape.n_experts
     specs: list[tuple[str, str, int, int, int, float]] = [
-        ("token_embd.weight", "q4", 1, shape.n_vocab, e, 1.0),
+        ("token_embd.weight", "q4", 1, n_vocab, e, 1.0),
         ("output_norm.weight", "ones", 1, 1, e, 0),
-        ("output.weight", "q4", 1, shape.n_vocab, e, 0.02),
+        ("output.weight", "q4", 1, n_vocab, e, 0.02),
     ]
     for layer in range(shape.n_layers):
         p = f"blk.{layer}."
@@ -121,35 +115,10 @@ def write_q4_0_moe(path: Path, shape: Shape, seed: int = 7) -> Path:
         data[:, 2:] = pool[index]
         return data.reshape(byte_shape(kind, count, rows, cols))
 
-    tokens, scores, types = _vocab()
-    pad = shape.n_vocab - len(tokens)
-    tokens += [f"<unused{i}>" for i in range(pad)]
-    scores += [0.0] * pad
-    types += [5] * pad  # UNUSED
-    writer = GGUFWriter(str(path), "qwen3moe")
-    writer.add_name("Synthetic Qwen3-30B-A3B-shaped MoE (benchmark)")
-    writer.add_file_type(LlamaFileType.MOSTLY_Q4_0)
-    writer.add_block_count(shape.n_layers)
-    writer.add_context_length(32768)
-    writer.add_embedding_length(e)
-    writer.add_feed_forward_length(6144)
-    writer.add_head_count(shape.n_head)
-    writer.add_head_count_kv(shape.n_head_kv)
-    writer.add_key_length(d)
-    writer.add_value_length(d)
-    writer.add_rope_freq_base(1_000_000.0)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_expert_count(shape.n_experts)
-    writer.add_expert_used_count(shape.n_used)
-    writer.add_expert_feed_forward_length(shape.expert_ffn)
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_chat_template(CHAT_TEMPLATE)
+    writer = qwen3moe_writer(
+        path, shape, "Synthetic Qwen3-30B-A3B-shaped MoE (benchmark)",
+        LlamaFileType.MOSTLY_Q4_0, n_vocab,
+    )  # fmt: skip
     for name, kind, count, rows, cols, _std in specs:  # the header lists every tensor first
         dims = byte_shape(kind, count, rows, cols)
         dtype = np.dtype(np.uint8 if kind == "q4" else np.float32)
@@ -172,7 +141,7 @@ def layer_offload(info: GGUFInfo, budget: float) -> Placement:
         if tensor.layer is not None:
             per_layer[tensor.layer] += tensor.n_bytes
     kv_per_layer = shape.kv_bytes(N_CTX) / info.n_layers
-    compute = 512 * 4 * (shape.n_vocab + 4 * shape.n_embd)
+    compute = compute_buffer_bytes(shape, Settings(n_ctx=N_CTX))
     used, n = compute, 0
     for size in reversed(per_layer):
         if used + size + kv_per_layer > budget:
@@ -232,7 +201,8 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     model = args.model
     if model is None:
         start = time.perf_counter()
-        model = write_q4_0_moe(tmp / "qwen3-30b-shape-q4_0.gguf", SMALL if args.small else Shape())
+        shape, vocab = (SMALL, SMALL_VOCAB) if args.small else (QWEN3_30B, QWEN_VOCAB)
+        model = write_q4_0_moe(tmp / "qwen3-30b-shape-q4_0.gguf", shape, vocab)
         print(
             f"wrote {model.stat().st_size / 2**30:.1f} GiB in {time.perf_counter() - start:.0f} s"
         )

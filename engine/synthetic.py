@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -56,32 +57,23 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def build_synthetic_moe(path: str | Path, spec: SyntheticSpec | None = None) -> Path:
-    """Write the synthetic MoE to ``path`` and return it.
-
-    Args:
-        path: destination ``.gguf`` file; its folder must exist.
-        spec: model shape; ``SyntheticSpec()`` when omitted.
-
-    Returns:
-        The path written.
+def qwen3moe_writer(
+    path: Path, spec: SyntheticSpec, name: str, file_type: int, n_vocab: int = 0
+) -> Any:
+    """A ``GGUFWriter`` with every key of a qwen3moe file of ``spec``'s shape and the tiny
+    tokenizer, padded with unused tokens up to ``n_vocab`` (its embedding rows); tensors next.
     """
-    from gguf import GGUFWriter, LlamaFileType
+    from gguf import GGUFWriter
 
-    spec = spec or SyntheticSpec()
-    path = Path(path)
-    rng = np.random.default_rng(spec.seed)
     tokens, scores, types = _vocab()
-    n_vocab = len(tokens)
-    n_words = len(WORDS)
+    pad = max(0, n_vocab - len(tokens))
+    tokens += [f"<unused{i}>" for i in range(pad)]
+    scores += [0.0] * pad
+    types += [5] * pad  # UNUSED
     e, d, f = spec.n_embd, spec.head_dim, spec.expert_ffn
-
-    def normal(*shape: int, scale: float = 1.0) -> np.ndarray:
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
     writer = GGUFWriter(str(path), "qwen3moe")
-    writer.add_name("Synthetic MoE (test model)")
-    writer.add_file_type(LlamaFileType.MOSTLY_F16)
+    writer.add_name(name)
+    writer.add_file_type(file_type)
     writer.add_block_count(spec.n_layers)
     writer.add_context_length(spec.context_length)
     writer.add_embedding_length(e)
@@ -106,6 +98,32 @@ def build_synthetic_moe(path: str | Path, spec: SyntheticSpec | None = None) -> 
     writer.add_add_bos_token(True)
     writer.add_add_eos_token(False)
     writer.add_chat_template(CHAT_TEMPLATE)
+    return writer
+
+
+def build_synthetic_moe(path: str | Path, spec: SyntheticSpec | None = None) -> Path:
+    """Write the synthetic MoE to ``path`` and return it.
+
+    Args:
+        path: destination ``.gguf`` file; its folder must exist.
+        spec: model shape; ``SyntheticSpec()`` when omitted.
+
+    Returns:
+        The path written.
+    """
+    from gguf import LlamaFileType
+
+    spec = spec or SyntheticSpec()
+    path = Path(path)
+    rng = np.random.default_rng(spec.seed)
+    n_vocab = len(_vocab()[0])
+    n_words = len(WORDS)
+    e, d, f = spec.n_embd, spec.head_dim, spec.expert_ffn
+
+    def normal(*shape: int, scale: float = 1.0) -> np.ndarray:
+        return (rng.standard_normal(shape) * scale).astype(np.float32)
+
+    writer = qwen3moe_writer(path, spec, "Synthetic MoE (test model)", LlamaFileType.MOSTLY_F16)
 
     # Dimension 0 carries a constant signal through the residual stream (see module doc).
     embd = normal(n_vocab, e, scale=0.3)
