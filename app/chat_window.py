@@ -10,7 +10,14 @@ from typing import Any
 
 import psutil
 from PySide6.QtCore import QEvent, QMetaObject, QObject, Qt, QThread, QTimer, Signal, Slot
-from PySide6.QtGui import QAction, QCloseEvent, QKeyEvent, QKeySequence, QTextCursor
+from PySide6.QtGui import (
+    QAction,
+    QCloseEvent,
+    QKeyEvent,
+    QKeySequence,
+    QTextCharFormat,
+    QTextCursor,
+)
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -67,6 +74,10 @@ def stats_line(stats: dict[str, Any]) -> str:
         parts.append("reached the length limit")
     elif stats.get("stop_reason") == "context_full":
         parts.append("context full")
+    dropped = stats.get("dropped_turns", 0)
+    if dropped:
+        turns = "turn" if dropped == 1 else "turns"
+        parts.append(f"the {dropped} oldest {turns} left out to fit the context")
     return " · ".join(parts)
 
 
@@ -90,7 +101,7 @@ class ChatWindow(QMainWindow):
     """Main window. Holds no business logic: the Store keeps data, the worker runs the model."""
 
     load_requested = Signal(str, int)  # path, context length
-    generate_requested = Signal(list, dict)
+    generate_requested = Signal(list, dict, dict)  # messages, sampling, template options
     # Re-emitted on the GUI thread once the window has shown them (panels and tests listen here).
     model_ready = Signal(dict)
     tune_requested = Signal()
@@ -117,6 +128,7 @@ class ChatWindow(QMainWindow):
         self._reply_id: int | None = None
         self._reply_conversation_id: int | None = None
         self._reply_text = ""
+        self._reply_reasoning = ""
         self._reply_saved_at = 0.0
         self._generating = False
         self._tuning = False
@@ -274,6 +286,7 @@ class ChatWindow(QMainWindow):
         self.worker.model_loaded.connect(self._on_worker_model_loaded)
         self.worker.load_failed.connect(self._on_worker_load_failed)
         self.worker.token_received.connect(self._on_worker_token_received)
+        self.worker.reasoning_received.connect(self._on_worker_reasoning_received)
         self.worker.live_stats.connect(self._on_worker_live_stats)
         self.worker.reply_finished.connect(self._on_worker_reply_finished)
         self.worker.reply_failed.connect(self._on_worker_reply_failed)
@@ -507,6 +520,12 @@ class ChatWindow(QMainWindow):
             who = html.escape(message.model_name or "Assistant")
             colour = "#059669"
         body = html.escape(message.content).replace("\n", "<br>")
+        if message.reasoning:
+            thought = html.escape(message.reasoning).replace("\n", "<br>")
+            body = (
+                "<p style='margin:0 0 6px 0; color:#6b7280; font-size:small'>"
+                f"<i>Thinking: {thought}</i></p>{body}"
+            )
         foot = ""
         if message.role == "assistant":
             if message.stats:
@@ -562,13 +581,14 @@ class ChatWindow(QMainWindow):
         self._reply_id = reply.id
         self._reply_conversation_id = conversation_id
         self._reply_text = ""
+        self._reply_reasoning = ""
         self._reply_saved_at = time.monotonic()
         self._render_conversation()  # ends with the empty reply; pieces are appended to it
         self._set_generating(True)
         self.worker.cancel.clear()
         sampling = SamplingSettings()
         self.generate_requested.emit(
-            chat, {k: getattr(sampling, k) for k in sampling.__dataclass_fields__}
+            chat, {k: getattr(sampling, k) for k in sampling.__dataclass_fields__}, {}
         )
 
     @Slot()
@@ -586,19 +606,38 @@ class ChatWindow(QMainWindow):
     def _on_worker_token_received(self, piece: str) -> None:
         if self._reply_id is None:
             return
+        if self._reply_reasoning and not self._reply_text:
+            piece = "\n" + piece.lstrip()  # the answer starts below the reasoning
         self._reply_text += piece
-        if self._reply_conversation_id != self._conversation_id:
+        self._show_piece(piece, reasoning=False)
+
+    @Slot(str)
+    def _on_worker_reasoning_received(self, piece: str) -> None:
+        if self._reply_id is None:
             return
-        cursor = self.view.textCursor()
-        cursor.movePosition(QTextCursor.MoveOperation.End)
-        cursor.insertText(piece)
-        bar = self.view.verticalScrollBar()
-        bar.setValue(bar.maximum())
-        self.piece_shown.emit(piece)
+        shown = piece if self._reply_reasoning else "Thinking: " + piece
+        self._reply_reasoning += piece
+        self._show_piece(shown, reasoning=True)
+
+    def _show_piece(self, piece: str, reasoning: bool) -> None:
+        """Append a streamed piece to the reply in view (grey italics for reasoning), and
+        save the reply now and then."""
+        assert self._reply_id is not None
+        if self._reply_conversation_id == self._conversation_id:
+            cursor = self.view.textCursor()
+            cursor.movePosition(QTextCursor.MoveOperation.End)
+            style = QTextCharFormat()
+            if reasoning:
+                style.setForeground(self.palette().placeholderText())
+                style.setFontItalic(True)
+            cursor.insertText(piece, style)
+            bar = self.view.verticalScrollBar()
+            bar.setValue(bar.maximum())
+            self.piece_shown.emit(piece)
         now = time.monotonic()
         if now - self._reply_saved_at >= SAVE_INTERVAL_S:
             self._reply_saved_at = now
-            self.store.update_reply(self._reply_id, self._reply_text)
+            self.store.update_reply(self._reply_id, self._reply_text, self._reply_reasoning)
 
     @Slot(int, float, float)
     def _on_worker_live_stats(self, tokens: int, rate: float, ttft: float) -> None:
@@ -608,7 +647,7 @@ class ChatWindow(QMainWindow):
     @Slot(dict)
     def _on_worker_reply_finished(self, stats: dict[str, Any]) -> None:
         if self._reply_id is not None:
-            self.store.finish_reply(self._reply_id, self._reply_text, stats)
+            self.store.finish_reply(self._reply_id, self._reply_text, stats, self._reply_reasoning)
             if self._model is not None and stats.get("generated_tokens", 0) > 8:
                 measured = self.store.get_setting(MEASURED_KEY, {})
                 entry = measured.setdefault(self._model["path"], {})
@@ -624,8 +663,8 @@ class ChatWindow(QMainWindow):
     @Slot(str)
     def _on_worker_reply_failed(self, message: str) -> None:
         if self._reply_id is not None:
-            if self._reply_text:
-                self.store.update_reply(self._reply_id, self._reply_text)
+            if self._reply_text or self._reply_reasoning:
+                self.store.update_reply(self._reply_id, self._reply_text, self._reply_reasoning)
             else:
                 self.store.delete_message(self._reply_id)
         self._reply_id = None
@@ -672,7 +711,7 @@ class ChatWindow(QMainWindow):
         self.worker.tune_cancel.set()
         self._memory_timer.stop()
         if self._reply_id is not None:
-            self.store.update_reply(self._reply_id, self._reply_text)
+            self.store.update_reply(self._reply_id, self._reply_text, self._reply_reasoning)
         # Blocking, so the model is freed on its own thread before that thread's loop ends.
         QMetaObject.invokeMethod(self.worker, "unload", Qt.ConnectionType.BlockingQueuedConnection)
         self._thread.quit()

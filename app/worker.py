@@ -9,6 +9,7 @@ from typing import Any
 
 from PySide6.QtCore import QObject, Signal, Slot
 
+from engine.chat_format import Channel, Piece, TemplateOptions
 from engine.errors import MoeChatError
 from engine.heat import model_key, profile_for
 from engine.session import LoadSettings, SamplingSettings, Session, memory_snapshot
@@ -47,7 +48,8 @@ class SessionWorker(QObject):
     load_progressed = Signal(float)
     model_loaded = Signal(dict)  # summary of the loaded model
     load_failed = Signal(str)
-    token_received = Signal(str)
+    token_received = Signal(str)  # answer text
+    reasoning_received = Signal(str)  # reasoning text, apart from the answer
     live_stats = Signal(int, float, float)  # tokens so far, tokens/s, time to first token (s)
     reply_finished = Signal(dict)  # Stats.to_dict()
     reply_failed = Signal(str)
@@ -124,20 +126,23 @@ class SessionWorker(QObject):
         self.load_progressed.emit(value)
         return not self.closing.is_set()
 
-    @Slot(list, dict)
-    def generate(self, messages: list[dict[str, str]], sampling: dict[str, Any]) -> None:
+    @Slot(list, dict, dict)
+    def generate(
+        self, messages: list[dict[str, str]], sampling: dict[str, Any], options: dict[str, Any]
+    ) -> None:
         session = self._session
         if session is None:
             self.reply_failed.emit("No model is loaded. Open a model first.")
             return
         settings = SamplingSettings(**sampling)
+        template_options = TemplateOptions(**options)
         self._heat_sent_at = 0.0  # the heat map moves with the reply's first piece
         # Pieces are batched into one signal per FLUSH_INTERVAL_S: each wake-up of the GUI
         # thread steals a core from the engine's threads, which wait for each other.
-        pending: list[str] = []
+        pending: list[Piece] = []
         last_flush = 0.0  # the first piece goes out at once: time to first token is visible
         try:
-            for piece in session.stream(messages, settings, self.cancel):
+            for piece in session.stream(messages, settings, self.cancel, template_options):
                 pending.append(piece)
                 now = time.perf_counter()
                 if now - last_flush >= FLUSH_INTERVAL_S:
@@ -230,10 +235,18 @@ class SessionWorker(QObject):
         self._heat_sent_at = now
         self.heat_updated.emit(heat.copy())  # the engine goes on counting into its own
 
-    def _flush(self, pending: list[str], session: Session) -> None:
+    def _flush(self, pending: list[Piece], session: Session) -> None:
         if not pending:
             return
-        self.token_received.emit("".join(pending))
+        start = 0  # one signal per run of pieces on the same channel, in order
+        for end in range(1, len(pending) + 1):
+            if end == len(pending) or pending[end].channel is not pending[start].channel:
+                text = "".join(p.text for p in pending[start:end])
+                if pending[start].channel is Channel.REASONING:
+                    self.reasoning_received.emit(text)
+                else:
+                    self.token_received.emit(text)
+                start = end
         pending.clear()
         stats = session.last_stats
         self.live_stats.emit(

@@ -11,6 +11,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import ctypes
+import functools
 import os
 import threading
 import time
@@ -22,6 +23,14 @@ from typing import TYPE_CHECKING, Any, Literal
 import psutil
 
 from engine import engine_log
+from engine.chat_format import (
+    Channel,
+    Piece,
+    ReplyFormat,
+    TemplateOptions,
+    parser_for,
+    reply_format,
+)
 from engine.devices import TensorOverrides, list_devices
 from engine.errors import GenerationError, ModelLoadError
 from engine.gguf_file import GGUFInfo, read_gguf
@@ -45,7 +54,12 @@ BENCHMARK_TEXT = (
     "in memory. A good placement keeps what every token reads close to the compute. "
 )
 
-Message = dict[str, str]  # {"role": "user" | "assistant" | "system", "content": "..."}
+# {"role": "user" | "assistant" | "system", "content": "...", and for a reply that thought,
+# "reasoning": "..."}. Reasoning goes back to each template under the names the families read.
+Message = dict[str, str]
+# Room a prompt leaves for the reply, at most: when a conversation outgrows the context its
+# oldest turns are dropped until the reply has this much (or a quarter of the context).
+REPLY_ROOM_TOKENS = 1024
 
 
 @dataclass(frozen=True)
@@ -89,6 +103,7 @@ class Stats:
     generation_tokens_per_s: float = 0.0
     total_s: float = 0.0
     stop_reason: str = ""  # "end", "length", "cancelled", "context_full"
+    dropped_turns: int = 0  # oldest turns left out because the conversation outgrew the context
     rss_bytes: int = 0
     device_memory: dict[str, tuple[int, int]] = field(default_factory=dict)  # name: (used, total)
 
@@ -98,8 +113,9 @@ class Stats:
 
 @dataclass
 class Reply:
-    text: str
+    text: str  # the answer, without any reasoning markup
     stats: Stats
+    reasoning: str = ""
 
 
 def memory_snapshot() -> tuple[int, dict[str, tuple[int, int]]]:
@@ -110,6 +126,18 @@ def memory_snapshot() -> tuple[int, dict[str, tuple[int, int]]]:
         if device.memory_total and device.memory_free is not None:
             devices[device.name] = (device.memory_total - device.memory_free, device.memory_total)
     return rss, devices
+
+
+@functools.cache
+def engine_uses_amx() -> bool:
+    """Whether the engine's CPU backend would put weights in Intel AMX buffers.
+
+    Its AMX matmul crashes or computes garbage on Q4_0/Q4_1 weights (ggml-org/llama.cpp#20824,
+    #16315; SmolLM2's Q4_1 segfaults here on a Xeon with AMX), so loads on such a CPU keep
+    weights in plain CPU buffers (``use_extra_bufts`` off, which also skips the AVX repack).
+    """
+    info = llama_cpp().llama_print_system_info()
+    return b"AMX_INT8 = 1" in (info or b"")
 
 
 def default_threads() -> int:
@@ -201,6 +229,7 @@ class Session:
         )
         params.no_alloc = self.dry_run
         params.no_host = self.placement.no_host
+        params.use_extra_bufts = not engine_uses_amx()
         address = self._overrides.address
         if address is not None:
             params.tensor_buft_overrides = address
@@ -318,15 +347,81 @@ class Session:
 
     # -- prompting -------------------------------------------------------------------------
 
-    def format_prompt(self, messages: Sequence[Message]) -> str:
-        """The conversation rendered with the model's own chat template."""
+    @property
+    def reply_format(self) -> ReplyFormat:
+        """The markup this model's replies use (thinking tags, harmony channels)."""
+        return reply_format(self.info.chat_template)
+
+    def format_prompt(
+        self, messages: Sequence[Message], options: TemplateOptions | None = None
+    ) -> str:
+        """The conversation rendered with the model's own chat template.
+
+        An assistant message's ``reasoning`` is passed as ``thinking`` (gpt-oss) and as
+        ``reasoning_content`` (Qwen3, GLM, DeepSeek); each template drops or keeps it as its
+        family expects.
+        """
+        rendered = []
+        for message in messages:
+            item: dict[str, str] = {"role": message["role"], "content": message["content"]}
+            reasoning = message.get("reasoning") or ""
+            if message["role"] == "assistant" and reasoning:
+                item["thinking"] = item["reasoning_content"] = reasoning
+            rendered.append(item)
+        kwargs = (options or TemplateOptions()).as_kwargs()
         try:
-            result = self._formatter(messages=[dict(m) for m in messages])
+            result = self._formatter(messages=rendered, **kwargs)
         except Exception as exc:  # jinja raises TemplateError / ValueError from the template
             raise GenerationError(
                 f"The model's chat template rejected this conversation: {exc}."
             ) from exc
         return str(result.prompt)
+
+    def fit_prompt(
+        self, messages: Sequence[Message], reply_room: int, options: TemplateOptions | None = None
+    ) -> tuple[list[int], str, int]:
+        """The prompt's tokens and text, with the oldest turns dropped until ``reply_room``
+        tokens of context are left for the reply; and how many turns were dropped.
+
+        A turn is a user message and the replies to it. The system prompt and the last user
+        message are always kept.
+
+        Raises:
+            GenerationError: even the system prompt and the last message do not fit.
+        """
+        messages = list(messages)
+        head = messages[:1] if messages and messages[0]["role"] == "system" else []
+        body = messages[len(head) :]
+        starts = [i for i, m in enumerate(body) if m["role"] == "user"]
+        if not starts or starts[0] != 0:
+            starts.insert(0, 0)
+        limit = self.n_ctx - reply_room
+
+        def attempt(dropped: int) -> tuple[list[int], str]:
+            text = self.format_prompt(head + body[starts[dropped] :], options)
+            return self.tokenize(text), text
+
+        tokens, text = attempt(0)
+        if len(tokens) <= limit:
+            return tokens, text, 0
+        # Fewer tokens with every turn dropped: find the fewest drops that fit (binary search).
+        low, high = 1, len(starts) - 1
+        best: tuple[list[int], str, int] | None = None
+        while low <= high:
+            middle = (low + high) // 2
+            tokens, text = attempt(middle)
+            if len(tokens) <= limit:
+                best, high = (tokens, text, middle), middle - 1
+            else:
+                low = middle + 1
+        if best is None:
+            raise GenerationError(
+                f"The last message is too long for the model's context of {self.n_ctx} tokens "
+                f"({len(tokens)} tokens with the system prompt, and the reply needs room).",
+                "Shorten the message or the system prompt, or load the model with a longer "
+                "context.",
+            )
+        return best
 
     def tokenize(self, text: str) -> list[int]:
         """Tokens of ``text``: special tokens parsed, BOS added once if the model wants it."""
@@ -394,14 +489,19 @@ class Session:
         messages: Sequence[Message],
         sampling: SamplingSettings | None = None,
         cancel: threading.Event | None = None,
-    ) -> Iterator[str]:
+        options: TemplateOptions | None = None,
+    ) -> Iterator[Piece]:
         """Yield the reply to ``messages`` piece by piece; ``self.last_stats`` holds its Stats.
 
-        Stops at the model's end-of-turn token, at ``sampling.max_tokens``, when the context
-        is full, or within one token of ``cancel`` being set (a cancel is not an error).
+        Each piece is answer text or reasoning, split from the family's markup as it streams.
+        A conversation longer than the context loses its oldest turns first (counted in
+        ``Stats.dropped_turns``). Stops at the model's end-of-turn token, at
+        ``sampling.max_tokens``, when the context is full, or within one token of ``cancel``
+        being set (a cancel is not an error).
 
         Raises:
-            GenerationError: the prompt does not fit, the template fails, or the engine fails.
+            GenerationError: the last message does not fit, the template fails, or the engine
+                fails.
         """
         if self._ctx is None:
             raise GenerationError("No model is loaded.")
@@ -411,13 +511,9 @@ class Session:
         stats = Stats()
         self.last_stats = stats
         start = time.perf_counter()
-        prompt = self.tokenize(self.format_prompt(messages))
-        if len(prompt) >= self.n_ctx:
-            raise GenerationError(
-                f"This conversation is {len(prompt)} tokens long, more than the model's context "
-                f"of {self.n_ctx} tokens.",
-                "Start a new conversation or load the model with a longer context.",
-            )
+        room = min(sampling.max_tokens, REPLY_ROOM_TOKENS, self.n_ctx // 4)
+        prompt, prompt_text, stats.dropped_turns = self.fit_prompt(messages, room, options)
+        parser = parser_for(self.reply_format, prompt_text)
         # Reuse the keys/values of the longest common prefix with what is already computed.
         common = 0
         for cached, new in zip(self._cached, prompt, strict=False):
@@ -452,6 +548,7 @@ class Session:
                     break
                 stats.generated_tokens += 1
                 text = decoder.decode(self._piece(token))
+                pieces = parser.feed(text) if text else []
                 now = time.perf_counter()
                 if stats.generated_tokens == 1:
                     first_token_at = now
@@ -460,8 +557,7 @@ class Session:
                     stats.generation_tokens_per_s = (stats.generated_tokens - 1) / (
                         now - first_token_at
                     )
-                if text:
-                    yield text
+                yield from pieces
                 if cancel.is_set():
                     stats.stop_reason = "cancelled"
                 elif stats.generated_tokens >= sampling.max_tokens:
@@ -470,9 +566,8 @@ class Session:
                     stats.stop_reason = "context_full"
                 else:
                     self._decode([token])
-            tail = decoder.decode(b"", final=True)
-            if tail:
-                yield tail
+            yield from parser.feed(decoder.decode(b"", final=True))
+            yield from parser.finish()
             stats.total_s = time.perf_counter() - start
             stats.rss_bytes, stats.device_memory = memory_snapshot()
         finally:
@@ -517,16 +612,18 @@ class Session:
         self,
         messages: Sequence[Message],
         sampling: SamplingSettings | None = None,
-        on_token: Callable[[str], None] | None = None,
+        on_token: Callable[[Piece], None] | None = None,
         cancel: threading.Event | None = None,
+        options: TemplateOptions | None = None,
     ) -> Reply:
         """Generate a whole reply, calling ``on_token`` with each piece as it arrives."""
-        pieces = []
-        for piece in self.stream(messages, sampling, cancel):
-            pieces.append(piece)
+        text: list[str] = []
+        reasoning: list[str] = []
+        for piece in self.stream(messages, sampling, cancel, options):
+            (reasoning if piece.channel is Channel.REASONING else text).append(piece.text)
             if on_token is not None:
                 on_token(piece)
-        return Reply("".join(pieces), self.last_stats)
+        return Reply("".join(text), self.last_stats, "".join(reasoning))
 
     # -- unloading -------------------------------------------------------------------------
 

@@ -17,7 +17,7 @@ from typing import Any
 from engine import paths
 from engine.errors import StoreError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (
@@ -32,6 +32,7 @@ CREATE TABLE IF NOT EXISTS messages (
     conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
     role            TEXT NOT NULL CHECK (role IN ('system', 'user', 'assistant')),
     content         TEXT NOT NULL,
+    reasoning       TEXT NOT NULL DEFAULT '',
     model_name      TEXT,
     stats           TEXT,
     complete        INTEGER NOT NULL DEFAULT 1,
@@ -43,6 +44,10 @@ CREATE TABLE IF NOT EXISTS settings (
     value TEXT NOT NULL
 );
 """
+
+# Version 1 kept a thinking model's reply whole, markup and all; version 2 keeps its
+# reasoning apart. The migration adds the column and splits the replies already saved.
+_MIGRATE_1_TO_2 = "ALTER TABLE messages ADD COLUMN reasoning TEXT NOT NULL DEFAULT '';"
 
 
 @dataclass(frozen=True)
@@ -60,13 +65,18 @@ class StoredMessage:
     conversation_id: int
     role: str
     content: str
+    reasoning: str
     model_name: str | None
     stats: dict[str, Any] | None
     complete: bool
     created_at: float
 
     def as_chat(self) -> dict[str, str]:
-        return {"role": self.role, "content": self.content}
+        """The message as the session takes it (reasoning only where there is some)."""
+        chat = {"role": self.role, "content": self.content}
+        if self.reasoning:
+            chat["reasoning"] = self.reasoning
+        return chat
 
 
 class Store:
@@ -94,7 +104,9 @@ class Store:
                     f"The conversation database {self.path} was written by a newer MoE Chat.",
                     "Update MoE Chat to open it.",
                 )
-            if version < SCHEMA_VERSION:
+            if version == 1:
+                self._migrate_from_1()
+            elif version < SCHEMA_VERSION:
                 # One script, one transaction: a crash leaves the old schema, never half a new one.
                 self._db.executescript(
                     f"BEGIN; {_SCHEMA} PRAGMA user_version={SCHEMA_VERSION}; COMMIT;"
@@ -108,6 +120,29 @@ class Store:
 
     def close(self) -> None:
         self._db.close()
+
+    def _migrate_from_1(self) -> None:
+        """Add the reasoning column and split the replies saved with their markup in them
+        (gpt-oss's channels, ``<think>`` blocks), in one transaction."""
+        from engine.chat_format import split_reply
+
+        db = self._db
+        db.execute("BEGIN")
+        try:
+            db.execute(_MIGRATE_1_TO_2)
+            rows = db.execute("SELECT id, content FROM messages WHERE role='assistant'").fetchall()
+            for row in rows:
+                content, reasoning = split_reply(row["content"])
+                if reasoning or content != row["content"]:
+                    db.execute(
+                        "UPDATE messages SET content=?, reasoning=? WHERE id=?",
+                        (content, reasoning, row["id"]),
+                    )
+            db.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
+            db.execute("COMMIT")
+        except BaseException:
+            db.execute("ROLLBACK")
+            raise
 
     def _write(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
         try:
@@ -171,17 +206,19 @@ class Store:
         role: str,
         content: str,
         *,
+        reasoning: str = "",
         model_name: str | None = None,
         stats: dict[str, Any] | None = None,
         complete: bool = True,
     ) -> StoredMessage:
         cursor = self._write(
-            "INSERT INTO messages (conversation_id, role, content, model_name, stats, complete, "
-            "created_at) VALUES (?,?,?,?,?,?,?)",
+            "INSERT INTO messages (conversation_id, role, content, reasoning, model_name, stats, "
+            "complete, created_at) VALUES (?,?,?,?,?,?,?,?)",
             (
                 conversation_id,
                 role,
                 content,
+                reasoning,
                 model_name,
                 json.dumps(stats) if stats is not None else None,
                 int(complete),
@@ -198,14 +235,19 @@ class Store:
             conversation_id, "assistant", "", model_name=model_name, complete=False
         )
 
-    def update_reply(self, message_id: int, content: str) -> None:
+    def update_reply(self, message_id: int, content: str, reasoning: str = "") -> None:
         """Save the reply so far (called while it streams)."""
-        self._write("UPDATE messages SET content=? WHERE id=?", (content, message_id))
-
-    def finish_reply(self, message_id: int, content: str, stats: dict[str, Any] | None) -> None:
         self._write(
-            "UPDATE messages SET content=?, stats=?, complete=1 WHERE id=?",
-            (content, json.dumps(stats) if stats is not None else None, message_id),
+            "UPDATE messages SET content=?, reasoning=? WHERE id=?",
+            (content, reasoning, message_id),
+        )
+
+    def finish_reply(
+        self, message_id: int, content: str, stats: dict[str, Any] | None, reasoning: str = ""
+    ) -> None:
+        self._write(
+            "UPDATE messages SET content=?, reasoning=?, stats=?, complete=1 WHERE id=?",
+            (content, reasoning, json.dumps(stats) if stats is not None else None, message_id),
         )
 
     def message(self, message_id: int) -> StoredMessage:

@@ -8,6 +8,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from engine.chat_format import Channel, Piece
 from engine.errors import GenerationError, ModelFileError, ModelLoadError
 from engine.session import LoadSettings, SamplingSettings, Session, Stats
 from engine.synthetic import SyntheticSpec
@@ -25,7 +26,8 @@ def session(synthetic_model: Path) -> Session:
 def test_stream_yields_pieces_and_stats(session: Session) -> None:
     pieces = list(session.stream(HELLO, SamplingSettings(seed=1, max_tokens=16)))
     stats = session.last_stats
-    assert len(pieces) >= 2 and "".join(pieces).strip()
+    assert len(pieces) >= 2 and "".join(p.text for p in pieces).strip()
+    assert {p.channel for p in pieces} == {Channel.CONTENT}
     assert stats.generated_tokens == 16 and stats.stop_reason == "length"
     assert stats.prompt_tokens > 3 and stats.prompt_tokens_cached == 0
     assert 0 < stats.time_to_first_token <= stats.total_s
@@ -66,7 +68,7 @@ def test_cancel_stops_within_one_token(session: Session) -> None:
     cancel = threading.Event()
     seen = []
 
-    def on_token(piece: str) -> None:
+    def on_token(piece: Piece) -> None:
         seen.append(piece)
         if len(seen) == 3:
             cancel.set()
@@ -102,8 +104,32 @@ def test_context_full_ends_the_reply(synthetic_model: Path) -> None:
 def test_prompt_longer_than_the_context_is_refused(synthetic_model: Path) -> None:
     with Session(synthetic_model, settings=LoadSettings(n_ctx=64)) as small:
         long = [{"role": "user", "content": "hello world " * (small.n_ctx + 10)}]
-        with pytest.raises(GenerationError, match="more than the model's context"):
+        with pytest.raises(GenerationError, match="last message is too long"):
             small.chat(long)
+
+
+def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(
+    synthetic_model: Path,
+) -> None:
+    """The chat never ends by itself: old turns go, the system prompt and the question stay."""
+    system = {"role": "system", "content": "You are terse."}
+    with Session(synthetic_model, settings=LoadSettings(n_ctx=256)) as small:
+        conversation = [system]
+        dropped = []
+        for turn in range(12):
+            conversation.append({"role": "user", "content": f"{turn} " + "hello world " * 8})
+            reply = small.chat(conversation, SamplingSettings.greedy(16))
+            assert reply.stats.generated_tokens > 0  # every message gets a reply
+            dropped.append(reply.stats.dropped_turns)
+            conversation.append({"role": "assistant", "content": reply.text})
+            kept, text, n_dropped = small.fit_prompt(conversation[:-1], 64)
+            assert len(kept) <= small.n_ctx - 64 and n_dropped == dropped[-1]
+            assert text.startswith("system: You are terse.")
+            assert f"user: {turn} hello" in text
+        n_ctx = small.n_ctx
+    assert dropped[0] == 0 and dropped[-1] > 0, dropped
+    assert dropped == sorted(dropped)  # a longer conversation never keeps more old turns
+    assert n_ctx == 256
 
 
 def test_context_is_capped_at_the_training_length(synthetic_model: Path) -> None:

@@ -122,3 +122,69 @@ def test_corrupt_database_gives_a_readable_error(tmp_path: Path) -> None:
     db.write_bytes(b"this is not a database" * 100)
     with pytest.raises(StoreError, match="cannot be opened"):
         Store(db)
+
+
+VERSION_1_SCHEMA = """
+CREATE TABLE conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL, model_path TEXT,
+    created_at REAL NOT NULL, updated_at REAL NOT NULL);
+CREATE TABLE messages (id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL
+    REFERENCES conversations(id) ON DELETE CASCADE, role TEXT NOT NULL, content TEXT NOT NULL,
+    model_name TEXT, stats TEXT, complete INTEGER NOT NULL DEFAULT 1, created_at REAL NOT NULL);
+CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+PRAGMA user_version=1;
+"""
+
+
+def test_reasoning_is_kept_apart_from_the_answer(tmp_path: Path) -> None:
+    store = Store(tmp_path / "chat.sqlite3")
+    chat = store.create_conversation()
+    reply = store.start_reply(chat.id, "gpt-oss")
+    store.update_reply(reply.id, "", "Thinking about it")
+    assert store.message(reply.id).as_chat() == {
+        "role": "assistant", "content": "", "reasoning": "Thinking about it"
+    }  # fmt: skip
+    store.finish_reply(reply.id, "Paris.", {"generated_tokens": 9}, "The capital is Paris.")
+    done = store.message(reply.id)
+    assert (done.content, done.reasoning, done.complete) == (
+        "Paris.",
+        "The capital is Paris.",
+        True,
+    )
+    assert store.add_message(chat.id, "user", "Thanks").as_chat() == {
+        "role": "user", "content": "Thanks"
+    }  # fmt: skip
+
+
+def test_version_1_database_is_migrated_and_its_markup_split(tmp_path: Path) -> None:
+    """Replies saved by version 1 held gpt-oss's channels or a <think> block in their text,
+    which the next turn's template rejects; the migration splits them and loses nothing."""
+    db = tmp_path / "chat.sqlite3"
+    old = sqlite3.connect(db)
+    old.executescript(VERSION_1_SCHEMA)
+    old.execute("INSERT INTO conversations VALUES (1, 'Old', NULL, 1.0, 1.0)")
+    rows = [
+        (1, "user", "Capital of France?"),
+        (1, "assistant", "<|channel|>analysis<|message|>Easy.<|start|>assistant<|channel|>"
+                         "final<|message|>Paris."),
+        (1, "user", "And Italy?"),
+        (1, "assistant", "<think>\nRome, surely.\n</think>\n\nRome."),
+        (1, "assistant", "Plain text with a < sign."),
+    ]  # fmt: skip
+    old.executemany(
+        "INSERT INTO messages (conversation_id, role, content, created_at) VALUES (?,?,?,2.0)", rows
+    )
+    old.commit()
+    old.close()
+
+    store = Store(db)
+    messages = store.messages(1)
+    assert [(m.content, m.reasoning) for m in messages] == [
+        ("Capital of France?", ""),
+        ("Paris.", "Easy."),
+        ("And Italy?", ""),
+        ("Rome.", "Rome, surely."),
+        ("Plain text with a < sign.", ""),
+    ]
+    store.close()
+    version = sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0]
+    assert version == 2
