@@ -13,6 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from engine.context_memory import ContextMemory
 from engine.errors import MoeChatError
 
 # Average bits per weight of llama.cpp's quantization mixes, for sizes the catalog lacks.
@@ -85,6 +86,33 @@ class CatalogModel:
     quality_rank: int
     description: str
     quants: tuple[CatalogQuant, ...]
+    # GGUF header keys (without the architecture prefix) that decide its context memory:
+    # sliding window, MLA widths, SSM/conv sizes; "attention_layers" counts the layers with
+    # attention in a hybrid. Empty: full attention on every layer.
+    memory: tuple[tuple[str, Any], ...] = ()
+    unverified: tuple[str, ...] = ()  # fields taken from recall, not from shared/facts
+
+    def context_memory(self) -> ContextMemory:
+        """The model's context memory, as its GGUF header will describe it."""
+        heads = self.n_heads or max(1, self.n_embd // 128)
+        fields: dict[str, Any] = {
+            "block_count": self.n_layers,
+            "embedding_length": self.n_embd,
+            "attention.head_count": heads,
+            "attention.head_count_kv": self.n_kv_heads or heads,
+            "attention.key_length": self.head_dim or self.n_embd // heads,
+            "attention.value_length": self.head_dim or self.n_embd // heads,
+        }
+        fields.update(dict(self.memory))
+        attention_layers = fields.pop("attention_layers", None)
+        if attention_layers is not None:  # a hybrid: the rest are recurrent layers
+            step = self.n_layers / max(1, attention_layers)
+            chosen = {int(i * step + step / 2) for i in range(attention_layers)}
+            kv = int(fields["attention.head_count_kv"])
+            fields["attention.head_count_kv"] = [
+                kv if i in chosen else 0 for i in range(self.n_layers)
+            ]
+        return ContextMemory.from_header(self.architecture, fields.get)
 
     def quant(self, name: str) -> CatalogQuant:
         for quant in self.quants:
@@ -186,6 +214,16 @@ def _model(raw: Any, index: int) -> CatalogModel:
     fields = {key: raw[key] for key in _REQUIRED if key != "quants"}
     fields.update({key: raw.get(key) for key in _OPTIONAL_INTS})
     fields["n_shared_experts"] = fields["n_shared_experts"] or 0
+    memory = raw.get("memory", {})
+    if not isinstance(memory, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) for v in memory.values()
+    ):
+        raise CatalogError(f"Catalog {where}: 'memory' must map header keys to numbers.")
+    fields["memory"] = tuple(sorted(memory.items()))
+    unverified = raw.get("unverified", [])
+    if not isinstance(unverified, list) or not all(isinstance(u, str) for u in unverified):
+        raise CatalogError(f"Catalog {where}: 'unverified' must list field names.")
+    fields["unverified"] = tuple(unverified)
     fields["total_params_b"] = float(fields["total_params_b"])
     fields["active_params_b"] = float(fields["active_params_b"])
     return CatalogModel(**fields, quants=quants)

@@ -75,6 +75,8 @@ def capture() -> Iterator[list[tuple[int, str]]]:
 _MODEL_BUFFER = re.compile(r"load_tensors:\s+(.+?) model buffer size =\s+([\d.]+) MiB")
 _KV_BUFFER = re.compile(r"llama_kv_cache:\s+(.+?) KV buffer size =\s+([\d.]+) MiB")
 _KV_TOTAL = re.compile(r"llama_kv_cache: size =\s+([\d.]+) MiB")
+_RS_BUFFER = re.compile(r"llama_memory_recurrent:\s+(.+?) RS buffer size =\s+([\d.]+) MiB")
+_RS_TOTAL = re.compile(r"llama_memory_recurrent: size =\s+([\d.]+) MiB")
 _COMPUTE_BUFFER = re.compile(r"sched_reserve:\s+(.+?) compute buffer size =\s+([\d.]+) MiB")
 _MIB = 1024 * 1024
 
@@ -86,13 +88,20 @@ class LoadReport:
     model_buffers: dict[str, int] = field(default_factory=dict)
     kv_buffers: dict[str, int] = field(default_factory=dict)
     compute_buffers: dict[str, int] = field(default_factory=dict)
+    recurrent_buffers: dict[str, int] = field(default_factory=dict)  # Mamba/conv state
     kv_total: int = 0  # all devices together; the only KV figure a dry run reports
+    recurrent_total: int = 0  # likewise for recurrent state
     errors: list[str] = field(default_factory=list)
 
     def device_totals(self) -> dict[str, int]:
         """Weights, KV cache and compute buffers together, per device."""
         totals: dict[str, int] = {}
-        for buffers in (self.model_buffers, self.kv_buffers, self.compute_buffers):
+        for buffers in (
+            self.model_buffers,
+            self.kv_buffers,
+            self.compute_buffers,
+            self.recurrent_buffers,
+        ):
             for device, size in per_device(buffers).items():
                 totals[device] = totals.get(device, 0) + size
         return totals
@@ -124,11 +133,13 @@ def parse_load_log(lines: list[tuple[int, str]]) -> LoadReport:
         (_MODEL_BUFFER, report.model_buffers),
         (_KV_BUFFER, report.kv_buffers),
         (_COMPUTE_BUFFER, report.compute_buffers),
+        (_RS_BUFFER, report.recurrent_buffers),
     ):
         for match in pattern.finditer(text):
             name = match.group(1).strip()
             target[name] = target.get(name, 0) + round(float(match.group(2)) * _MIB)
     report.kv_total = sum(round(float(m.group(1)) * _MIB) for m in _KV_TOTAL.finditer(text))
+    report.recurrent_total = sum(round(float(m.group(1)) * _MIB) for m in _RS_TOTAL.finditer(text))
     report.errors = [
         piece.strip() for level, piece in lines if level == LOG_ERROR and piece.strip()
     ]

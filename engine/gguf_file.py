@@ -11,6 +11,7 @@ from enum import Enum
 from pathlib import Path
 from typing import Any
 
+from engine.context_memory import ContextMemory
 from engine.errors import ModelFileError
 
 GGUF_MAGIC = b"GGUF"
@@ -67,6 +68,7 @@ class Role(str, Enum):
     SHARED_EXPERTS = "shared_experts"
     DENSE_FFN = "dense_ffn"
     OTHER = "other"
+    UNUSED = "unused"  # in the file, never loaded: multi-token-prediction blocks
 
 
 _LAYER_RE = re.compile(r"^blk\.(\d+)\.")
@@ -87,8 +89,8 @@ def classify_tensor(name: str) -> Role:
         return Role.ROUTER
     if "norm" in base:
         return Role.NORMS
-    if base.startswith(("attn_", "rope_")):
-        return Role.ATTENTION
+    if base.startswith(("attn_", "rope_", "ssm_", "shortconv.")):
+        return Role.ATTENTION  # token mixing: attention, or the Mamba-2/conv layer in its place
     if base.startswith(("ffn_gate", "ffn_up", "ffn_down")):
         return Role.DENSE_FFN
     return Role.OTHER
@@ -134,6 +136,9 @@ class GGUFInfo:
     chat_template: str | None
     tensors: tuple[TensorInfo, ...]
     parts: tuple[Path, ...] = ()  # every file of the model: just ``path`` unless it is split
+    # Per-token cache and fixed state by attention kind; None: every layer full attention
+    context_memory: ContextMemory | None = None
+    n_nextn_layers: int = 0  # multi-token-prediction blocks after the trunk (never loaded)
 
     @property
     def is_moe(self) -> bool:
@@ -207,6 +212,17 @@ def read_gguf(path: str | Path) -> GGUFInfo:
         total_size += part_size
         parts.append(part)
     return replace(_info_from_header(header, path, total_size, tensors), parts=tuple(parts))
+
+
+def read_header_extent(path: str | Path) -> int:
+    """The file size a GGUF's header describes: where its last tensor's data ends."""
+    path = Path(path)
+    with path.open("rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+        header = _HeaderParser(buf).parse()
+    end = header.data_start
+    for name, ggml_type, shape, offset in header.tensors:
+        end = max(end, header.data_start + offset + _tensor_bytes(ggml_type, shape, name)[1])
+    return end
 
 
 def _read_header(path: Path) -> tuple[_Header, int]:
@@ -300,7 +316,12 @@ _SCALARS: dict[int, tuple[str, int]] = {
 }
 _STRING, _ARRAY = 8, 9
 # Keys whose array values we keep; every other array (vocabularies) is skipped unread.
-_ARRAYS_KEPT = ("attention.head_count", "attention.head_count_kv", "feed_forward_length")
+_ARRAYS_KEPT = (
+    "attention.head_count",
+    "attention.head_count_kv",
+    "feed_forward_length",
+    "attention.sliding_window_pattern",
+)
 
 
 @dataclass
@@ -450,16 +471,23 @@ def _info_from_header(
             f"{shown} is damaged: it declares {n_experts} experts but {n_used} used per token."
         )
     n_embd = arch_int("embedding_length")
+    n_nextn = arch_int("nextn_predict_layers")
     n_head = arch_int("attention.head_count")
     head_dim = arch_int("attention.key_length") or (n_embd // n_head if n_head else 0)
     template = value("tokenizer.chat_template")
+    trunk = arch_int("block_count") - n_nextn
+    if n_nextn:  # the engine skips these blocks unless asked for speculative decoding
+        tensors = [
+            replace(t, role=Role.UNUSED) if t.layer is not None and t.layer >= trunk else t
+            for t in tensors
+        ]
     return GGUFInfo(
         path=path,
         file_size=file_size,
         architecture=arch,
         name=str(value("general.name", path.stem)),
         file_type=_file_type(value("general.file_type"), tensors),
-        n_layers=arch_int("block_count"),
+        n_layers=arch_int("block_count") - n_nextn,
         context_length=arch_int("context_length"),
         n_embd=n_embd,
         n_head=n_head,
@@ -471,6 +499,8 @@ def _info_from_header(
         expert_ffn_length=arch_int("expert_feed_forward_length"),
         chat_template=template if isinstance(template, str) and template else None,
         tensors=tuple(tensors),
+        context_memory=ContextMemory.from_header(arch, lambda key: value(f"{arch}.{key}")),
+        n_nextn_layers=n_nextn,
     )
 
 

@@ -29,6 +29,7 @@ from enum import Enum
 from itertools import combinations
 
 from engine.catalog import CatalogModel, CatalogQuant
+from engine.context_memory import ContextMemory
 from engine.gguf_file import GGUFInfo, Role
 from engine.hardware import GPUInfo, MachineProfile
 from engine.placement import Placement, TensorRule, expert_layers_pattern, expert_parts_pattern
@@ -90,6 +91,14 @@ class ModelShape:
     # Per layer, the routed-expert tensors one can place apart ("gate", "up", "down" or a
     # fused "gate_up") and their bytes; empty: three equal parts, as in most MoE files.
     expert_parts: tuple[tuple[tuple[str, int], ...], ...] = ()
+    # KV cache and recurrent state by attention kind; None: full attention on every layer.
+    context_memory: ContextMemory | None = None
+
+    @property
+    def memory(self) -> ContextMemory:
+        if self.context_memory is not None:
+            return self.context_memory
+        return ContextMemory.uniform(self.n_layers, self.n_kv_heads, self.head_dim)
 
     def parts_of(self, layer: int) -> tuple[tuple[str, int], ...]:
         if layer < len(self.expert_parts) and self.expert_parts[layer]:
@@ -116,8 +125,13 @@ class ModelShape:
         """Share of a layer's expert bytes one token reads (k / E)."""
         return self.n_experts_used / self.n_experts if self.n_experts else 1.0
 
-    def kv_bytes(self, n_ctx: int, bytes_per_element: float = 2.0) -> int:
-        return int(2 * self.n_layers * self.n_kv_heads * self.head_dim * n_ctx * bytes_per_element)
+    def kv_bytes(self, n_ctx: int, bytes_per_element: float = 2.0, n_ubatch: int = 512) -> int:
+        """KV cache plus recurrent state for a context of ``n_ctx``, as the engine sizes it."""
+        return self.memory.state_bytes(n_ctx, n_ubatch, bytes_per_element)
+
+    def kv_read_bytes(self, filled: int, bytes_per_element: float = 2.0) -> int:
+        """Cache bytes a decode step reads with ``filled`` tokens of context."""
+        return self.memory.read_bytes(filled, bytes_per_element)
 
     @classmethod
     def from_catalog(cls, model: CatalogModel, quant: CatalogQuant) -> ModelShape:
@@ -142,6 +156,7 @@ class ModelShape:
             expert_bytes_per_layer=(experts // model.n_layers,) * model.n_layers,
             active_params=model.active_params_b * 1e9,
             exact=False,
+            context_memory=model.context_memory(),
         )
 
     @classmethod
@@ -151,7 +166,8 @@ class ModelShape:
         per_layer = info.expert_bytes_by_layer()
         layers = tuple(per_layer.get(i, 0) for i in range(info.n_layers))
         embeddings = roles[Role.TOKEN_EMBEDDINGS]
-        always = info.tensor_bytes - embeddings - roles[Role.ROUTED_EXPERTS]
+        # Multi-token-prediction blocks stay on disk: the engine never loads them.
+        always = info.tensor_bytes - embeddings - roles[Role.ROUTED_EXPERTS] - roles[Role.UNUSED]
         bytes_per_param = info.tensor_bytes / max(1, _param_count(info))
         head = embeddings if info.tied_output else 0  # a tied head multiplies by them all
         active = (always + head + roles[Role.ROUTED_EXPERTS] * _share(info)) / bytes_per_param
@@ -173,6 +189,7 @@ class ModelShape:
             active_params=active,
             exact=True,
             expert_parts=_expert_parts(info),
+            context_memory=info.context_memory,
         )
 
 
@@ -326,7 +343,7 @@ def gpu_free_needed(shape: ModelShape, settings: Settings, expert_share: float =
     n_ctx = min(settings.n_ctx, shape.context_length or settings.n_ctx)
     needed = (
         shape.gpu_always_bytes
-        + shape.kv_bytes(n_ctx, settings.kv_bytes_per_element)
+        + shape.kv_bytes(n_ctx, settings.kv_bytes_per_element, settings.n_ubatch)
         + compute_buffer_bytes(shape, settings)
         + int(shape.expert_bytes * expert_share)
     )
@@ -337,7 +354,7 @@ def plan(shape: ModelShape, machine: MachineProfile, settings: Settings | None =
     """Place ``shape`` on ``machine``: the fastest layout that fits, or why nothing does."""
     settings = settings or Settings()
     n_ctx = min(settings.n_ctx, shape.context_length or settings.n_ctx)
-    kv = shape.kv_bytes(n_ctx, settings.kv_bytes_per_element)
+    kv = shape.kv_bytes(n_ctx, settings.kv_bytes_per_element, settings.n_ubatch)
     compute = compute_buffer_bytes(shape, settings)
     gpus = [g for g in machine.usable_gpus if g.memory_free]
     unified = any(g.unified_memory for g in gpus)
@@ -394,7 +411,7 @@ def plan(shape: ModelShape, machine: MachineProfile, settings: Settings | None =
 def _cpu_read(shape: ModelShape, n_ctx: int, settings: Settings) -> int:
     fill = min(n_ctx, TYPICAL_FILL)
     experts = int(shape.expert_bytes * shape.read_share)
-    kv = shape.kv_bytes(fill, settings.kv_bytes_per_element)
+    kv = shape.kv_read_bytes(fill, settings.kv_bytes_per_element)
     return shape.gpu_always_bytes + experts + kv  # a tied head reads the embeddings too
 
 
@@ -451,7 +468,7 @@ def _plan_gpu(
             cpu_layers.remove(layer)
     partial_bytes = partial[3] if partial else 0
     fill = min(n_ctx, TYPICAL_FILL)
-    kv_read = shape.kv_bytes(fill, settings.kv_bytes_per_element)
+    kv_read = shape.kv_read_bytes(fill, settings.kv_bytes_per_element)
     gpu_kv_read = kv_read if settings.kv_on_gpu else 0
     devices = []
     for i, gpu in enumerate(gpus):
