@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from engine.context_memory import ContextMemory
+from engine.context_memory import ContextMemory, spread_layers
 from engine.errors import MoeChatError
 
 # Average bits per weight of llama.cpp's quantization mixes, for sizes the catalog lacks.
@@ -82,6 +82,7 @@ class CatalogModel:
     n_kv_heads: int | None
     head_dim: int | None
     native_context: int | None
+    n_vocab: int | None
     architecture: str
     quality_rank: int
     description: str
@@ -106,8 +107,7 @@ class CatalogModel:
         fields.update(dict(self.memory))
         attention_layers = fields.pop("attention_layers", None)
         if attention_layers is not None:  # a hybrid: the rest are recurrent layers
-            step = self.n_layers / max(1, attention_layers)
-            chosen = {int(i * step + step / 2) for i in range(attention_layers)}
+            chosen = set(spread_layers(self.n_layers, attention_layers))
             kv = int(fields["attention.head_count_kv"])
             fields["attention.head_count_kv"] = [
                 kv if i in chosen else 0 for i in range(self.n_layers)
@@ -158,7 +158,7 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "quants": list,
 }
 _OPTIONAL_INTS = ("n_shared_experts", "expert_ffn", "n_heads", "n_kv_heads", "head_dim",
-                  "native_context")  # fmt: skip
+                  "native_context", "n_vocab")  # fmt: skip
 
 
 def load_catalog(path: str | Path | None = None) -> list[CatalogModel]:

@@ -155,6 +155,13 @@ class ContextMemory:
         )
 
 
+def spread_layers(n_layers: int, count: int) -> list[int]:
+    """``count`` layers spread evenly over ``n_layers`` (a hybrid's attention layers, when
+    only their number is known)."""
+    step = n_layers / max(1, count)
+    return sorted({int(i * step + step / 2) for i in range(count)})
+
+
 def _sliding_layers(arch: str, value: Callable[[str], Any], n_layers: int) -> list[bool]:
     if arch not in SWA_PATTERNS or not value("attention.sliding_window"):
         return [False] * n_layers

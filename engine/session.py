@@ -271,6 +271,10 @@ class Session:
         ctx_params.n_threads = threads
         ctx_params.n_threads_batch = threads
         ctx_params.no_perf = True
+        # Sliding-window layers keep only their window (plus a ubatch), not the whole context:
+        # half of gpt-oss's KV cache. The price: a prompt that rewinds further than the window
+        # is computed again (see stream()).
+        ctx_params.swa_full = False
         ctx_params.offload_kqv = self.placement.offload_kv
         if settings.flash_attention is not None:
             ctx_params.flash_attn_type = (
@@ -521,7 +525,11 @@ class Session:
                 break
             common += 1
         common = min(common, len(prompt) - 1)  # at least one token must be decoded for logits
-        ll.llama_memory_seq_rm(self._memory, 0, common, -1)
+        if common < len(self._cached) and not self._can_rewind_to(common):
+            common = 0
+        if not ll.llama_memory_seq_rm(self._memory, 0, common, -1):
+            common = 0  # memory that cannot be cut partway (recurrent state): start over
+            ll.llama_memory_clear(self._memory, True)
         del self._cached[common:]
         stats.prompt_tokens = len(prompt)
         stats.prompt_tokens_cached = common
@@ -572,6 +580,19 @@ class Session:
             stats.rss_bytes, stats.device_memory = memory_snapshot()
         finally:
             ll.llama_sampler_free(sampler)
+
+    def _can_rewind_to(self, position: int) -> bool:
+        """Whether the cache still holds what position ``position`` needs: a sliding-window
+        cache drops cells older than its window, and a recurrent state cannot go back."""
+        memory = self.info.context_memory
+        if memory is None:
+            return True
+        if memory.recurrent_layers:
+            return False
+        if memory.sliding_window and any(layer.sliding for layer in memory.layers):
+            oldest = int(self._ll.llama_memory_seq_pos_min(self._memory, 0))
+            return oldest <= max(0, position - memory.sliding_window)
+        return True
 
     def forget(self) -> None:
         """Drop the computed prompt: the next reply computes everything again."""

@@ -415,6 +415,8 @@ def _family_layout(arch: str, d: ArchDims) -> tuple[dict[str, Any], list[_Tensor
             tensors += _experts(p, d)
             if arch == "qwen2moe":
                 tensors += _shared(p, d, gate_inp=True)
+        if arch == "qwen2moe":
+            keys["expert_shared_feed_forward_length"] = d.shared_ffn or d.expert_ffn * d.n_shared
     elif arch == "gpt-oss":
         keys["attention.sliding_window"] = d.sliding_window
         del keys["attention.layer_norm_rms_epsilon"]
@@ -705,3 +707,61 @@ def write_arch_header(
     with path.open("r+b") as handle:
         handle.truncate(read_header_extent(path))
     return path
+
+
+# For writing real-size headers of catalog models (memory dry runs): what the catalog does not
+# say about their layers.
+_LEADING_DENSE = {"deepseek2": 1, "glm4moe": 1, "ernie4_5-moe": 1, "lfm2moe": 2}
+_NEXTN = {"glm4moe": 1}
+
+
+def catalog_dims(model: Any) -> ArchDims:
+    """A ``catalog.CatalogModel``'s real shape as ``ArchDims``, for ``write_arch_header``."""
+    from engine.context_memory import spread_layers
+
+    memory = dict(model.memory)
+    heads = model.n_heads or max(1, model.n_embd // 128)
+    head_dim = model.head_dim or model.n_embd // heads
+    dims = ArchDims(
+        n_layers=model.n_layers,
+        n_embd=model.n_embd,
+        n_head=heads,
+        n_head_kv=model.n_kv_heads or heads,
+        head_dim=head_dim,
+        n_experts=model.n_experts,
+        n_experts_used=model.n_experts_used,
+        expert_ffn=model.expert_ffn or 1024,
+        n_ff=(model.expert_ffn or 1024) * 4,
+        n_shared=model.n_shared_experts,
+        shared_ffn=(model.expert_ffn or 1024) * model.n_shared_experts,
+        leading_dense=_LEADING_DENSE.get(model.architecture, 0),
+        n_vocab=model.n_vocab or 152_064,
+        context_length=model.native_context or 4096,
+        sliding_window=int(memory.get("attention.sliding_window", 0)),
+        nextn_layers=_NEXTN.get(model.architecture, 0),
+    )
+    if "attention.key_length_mla" in memory:  # MLA
+        rope = int(memory.get("rope.dimension_count", 64))
+        dims = replace(
+            dims,
+            n_head_kv=1,
+            rope_dim=rope,
+            kv_lora_rank=int(memory["attention.key_length"]) - rope,
+            nope_dim=int(memory["attention.key_length_mla"]) - rope,
+            v_head_dim=int(memory["attention.value_length_mla"]),
+        )
+    if "attention_layers" in memory:
+        dims = replace(
+            dims, attention_layers=tuple(spread_layers(model.n_layers, memory["attention_layers"]))
+        )
+    if "ssm.inner_size" in memory:
+        dims = replace(
+            dims,
+            ssm_d_conv=int(memory["ssm.conv_kernel"]),
+            ssm_d_state=int(memory["ssm.state_size"]),
+            ssm_n_group=int(memory["ssm.group_count"]),
+            ssm_head_dim=64,
+        )
+    if "shortconv.l_cache" in memory:
+        dims = replace(dims, shortconv_l_cache=int(memory["shortconv.l_cache"]))
+    return dims
