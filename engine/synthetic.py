@@ -306,7 +306,6 @@ TEST_DIMS: dict[str, ArchDims] = {
     "smallthinker": ArchDims(sliding_window=32),
 }
 
-FUSED_DEEPSEEK = False
 _Tensor = tuple[str, tuple[int, ...], str]  # name, ggml shape, how to fill it
 
 
@@ -327,18 +326,13 @@ def _attention(p: str, d: ArchDims, *, q_norm: bool = False, bias: bool = False)
     return out
 
 
-def _experts(
-    p: str, d: ArchDims, *, fused: bool = False, probs_bias: bool = False
-) -> list[_Tensor]:
+def _experts(p: str, d: ArchDims, *, probs_bias: bool = False) -> list[_Tensor]:
     e, f, n = d.n_embd, d.expert_ffn, d.n_experts
     out: list[_Tensor] = [(p + "ffn_gate_inp.weight", (e, n), "router")]
     if probs_bias:
         out.append((p + "exp_probs_b.bias", (n,), "zeros"))
-    if fused:
-        out.append((p + "ffn_gate_up_exps.weight", (e, 2 * f, n), "w"))
-    else:
-        out += [(p + "ffn_gate_exps.weight", (e, f, n), "w"),
-                (p + "ffn_up_exps.weight", (e, f, n), "w")]  # fmt: skip
+    out += [(p + "ffn_gate_exps.weight", (e, f, n), "w"),
+            (p + "ffn_up_exps.weight", (e, f, n), "w")]  # fmt: skip
     out.append((p + "ffn_down_exps.weight", (f, e, n), "out"))
     return out
 
@@ -419,7 +413,6 @@ def _family_layout(arch: str, d: ArchDims) -> tuple[dict[str, Any], list[_Tensor
             keys["expert_shared_feed_forward_length"] = d.shared_ffn or d.expert_ffn * d.n_shared
     elif arch == "gpt-oss":
         keys["attention.sliding_window"] = d.sliding_window
-        del keys["attention.layer_norm_rms_epsilon"]
         keys["attention.layer_norm_rms_epsilon"] = 1e-5
         for i in layers:
             p = f"blk.{i}."
@@ -505,8 +498,8 @@ def _family_layout(arch: str, d: ArchDims) -> tuple[dict[str, Any], list[_Tensor
             ]
             if i < d.leading_dense:
                 tensors += _dense(p, d)
-            else:  # the fused gate+up expert tensor llama.cpp also loads
-                tensors += _experts(p, d, fused=FUSED_DEEPSEEK) + _shared(p, d)
+            else:
+                tensors += _experts(p, d) + _shared(p, d)
     elif arch == "ernie4_5-moe":
         keys.update({"leading_dense_block_count": d.leading_dense,
                      "interleave_moe_layer_step": 1,
@@ -643,7 +636,7 @@ def build_arch_model(
     path = Path(path)
     dims = dims or TEST_DIMS[arch]
     rng = np.random.default_rng(seed)
-    writer, tensors, n_vocab = arch_writer(
+    writer, tensors, _ = arch_writer(
         path, arch, dims, f"Synthetic {arch} (test model)", chat_template
     )
     writer.add_file_type(LlamaFileType.MOSTLY_F16)
@@ -673,7 +666,6 @@ def build_arch_model(
         if _stored_f16(kind, shape):
             data = data.astype(np.float16)
         writer.add_tensor(name, data)
-    del n_vocab
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_tensors_to_file()
