@@ -42,7 +42,7 @@ from engine.heat import HeatProfile
 from engine.placement import Placement
 from engine.planner import GPU_USABLE_SHARE, ModelShape, Settings, compute_buffer_bytes, plan
 from engine.session import LoadSettings, Session
-from engine.synthetic import SyntheticSpec, qwen3moe_writer
+from engine.synthetic import SyntheticSpec, arch_writer
 from engine.tuner import choose, tune
 
 GB = 1e9
@@ -115,10 +115,11 @@ def write_q4_0_moe(path: Path, shape: SyntheticSpec, n_vocab: int, seed: int = 7
         data[:, 2:] = pool[index]
         return data.reshape(byte_shape(kind, count, rows, cols))
 
-    writer = qwen3moe_writer(
-        path, shape, "Synthetic Qwen3-30B-A3B-shaped MoE (benchmark)",
-        LlamaFileType.MOSTLY_Q4_0, n_vocab,
+    writer, _tensors, _eos = arch_writer(
+        path, "qwen3moe", replace(shape, n_vocab=n_vocab),
+        "Synthetic Qwen3-30B-A3B-shaped MoE (benchmark)", tokens_of="plain",
     )  # fmt: skip
+    writer.add_file_type(LlamaFileType.MOSTLY_Q4_0)
     for name, kind, count, rows, cols, _std in specs:  # the header lists every tensor first
         dims = byte_shape(kind, count, rows, cols)
         dtype = np.dtype(np.uint8 if kind == "q4" else np.float32)

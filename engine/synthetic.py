@@ -1,13 +1,15 @@
-"""Write a tiny random-weight MoE GGUF (qwen3moe) for the self-test and the test suite.
+"""Write tiny random-weight MoE GGUFs of every catalog architecture, for the self-test and the
+test suite, and real-size header-only ones for memory dry runs.
 
-The model is real in every way the engine cares about: it has the tensors, metadata,
-tokenizer and chat template of a Qwen3-MoE file, so loading, placement, routing and
+The models are real in every way the engine cares about: each has the tensors, metadata,
+special tokens and chat template of its family's files, so loading, placement, routing and
 generation all run the same code paths as a downloaded model. Only the weights are random.
-Two things are shaped on purpose:
+``build_synthetic_moe`` is the qwen3moe one with the tiniest tokenizer. Shaped on purpose:
 
 * a constant component in every token embedding, which the router rows read with
   decreasing weight, so expert 0 is the hottest and routing is skewed;
-* the output head prefers whole-word tokens over byte tokens, so replies print as words.
+* the output head prefers whole-word tokens over byte tokens, so replies print as words,
+  and leaves the end-of-sequence token reachable.
 """
 
 from __future__ import annotations
@@ -29,21 +31,20 @@ CHAT_TEMPLATE = (
 )
 
 
-@dataclass(frozen=True)
-class SyntheticSpec:
-    """Shape of the synthetic model. The defaults load and generate in well under a second."""
+def build_synthetic_moe(path: str | Path, spec: SyntheticSpec | None = None) -> Path:
+    """Write the synthetic qwen3moe MoE (the tiny tokenizer, no family tokens) to ``path``.
 
-    n_layers: int = 4
-    n_embd: int = 64
-    n_head: int = 4
-    n_head_kv: int = 2
-    head_dim: int = 16
-    n_experts: int = 8
-    n_experts_used: int = 2
-    expert_ffn: int = 32
-    context_length: int = 2048
-    router_skew: float = 3.0
-    seed: int = 1234
+    Args:
+        path: destination ``.gguf`` file; its folder must exist.
+        spec: model shape; ``SyntheticSpec()`` when omitted.
+
+    Returns:
+        The path written.
+    """
+    return build_arch_model(
+        path, "qwen3moe", spec or SyntheticSpec(), name="Synthetic MoE (test model)",
+        tokens_of="plain",
+    )  # fmt: skip
 
 
 def _vocab() -> tuple[list[str], list[float], list[int]]:
@@ -57,125 +58,6 @@ def _vocab() -> tuple[list[str], list[float], list[int]]:
     return tokens, scores, types
 
 
-def qwen3moe_writer(
-    path: Path, spec: SyntheticSpec, name: str, file_type: int, n_vocab: int = 0
-) -> Any:
-    """A ``GGUFWriter`` with every key of a qwen3moe file of ``spec``'s shape and the tiny
-    tokenizer, padded with unused tokens up to ``n_vocab`` (its embedding rows); tensors next.
-    """
-    from gguf import GGUFWriter
-
-    tokens, scores, types = _vocab()
-    pad = max(0, n_vocab - len(tokens))
-    tokens += [f"<unused{i}>" for i in range(pad)]
-    scores += [0.0] * pad
-    types += [5] * pad  # UNUSED
-    e, d, f = spec.n_embd, spec.head_dim, spec.expert_ffn
-    writer = GGUFWriter(str(path), "qwen3moe")
-    writer.add_name(name)
-    writer.add_file_type(file_type)
-    writer.add_block_count(spec.n_layers)
-    writer.add_context_length(spec.context_length)
-    writer.add_embedding_length(e)
-    writer.add_feed_forward_length(f * spec.n_experts_used)
-    writer.add_head_count(spec.n_head)
-    writer.add_head_count_kv(spec.n_head_kv)
-    writer.add_key_length(d)
-    writer.add_value_length(d)
-    writer.add_rope_freq_base(1_000_000.0)
-    writer.add_layer_norm_rms_eps(1e-6)
-    writer.add_expert_count(spec.n_experts)
-    writer.add_expert_used_count(spec.n_experts_used)
-    writer.add_expert_feed_forward_length(f)
-
-    writer.add_tokenizer_model("llama")
-    writer.add_token_list(tokens)
-    writer.add_token_scores(scores)
-    writer.add_token_types(types)
-    writer.add_bos_token_id(1)
-    writer.add_eos_token_id(2)
-    writer.add_unk_token_id(0)
-    writer.add_add_bos_token(True)
-    writer.add_add_eos_token(False)
-    writer.add_chat_template(CHAT_TEMPLATE)
-    return writer
-
-
-def build_synthetic_moe(path: str | Path, spec: SyntheticSpec | None = None) -> Path:
-    """Write the synthetic MoE to ``path`` and return it.
-
-    Args:
-        path: destination ``.gguf`` file; its folder must exist.
-        spec: model shape; ``SyntheticSpec()`` when omitted.
-
-    Returns:
-        The path written.
-    """
-    from gguf import LlamaFileType
-
-    spec = spec or SyntheticSpec()
-    path = Path(path)
-    rng = np.random.default_rng(spec.seed)
-    n_vocab = len(_vocab()[0])
-    n_words = len(WORDS)
-    e, d, f = spec.n_embd, spec.head_dim, spec.expert_ffn
-
-    def normal(*shape: int, scale: float = 1.0) -> np.ndarray:
-        return (rng.standard_normal(shape) * scale).astype(np.float32)
-
-    writer = qwen3moe_writer(path, spec, "Synthetic MoE (test model)", LlamaFileType.MOSTLY_F16)
-
-    # Dimension 0 carries a constant signal through the residual stream (see module doc).
-    embd = normal(n_vocab, e, scale=0.3)
-    embd[:, 0] = 3.0
-    writer.add_tensor("token_embd.weight", embd.astype(np.float16))
-    writer.add_tensor("output_norm.weight", np.ones(e, dtype=np.float32))
-    head = normal(n_vocab, e, scale=0.2)
-    head[:, 0] = -1.0
-    head[3 + 256 : 3 + 256 + n_words, 0] = 1.0
-    head[2, 0] = 0.35  # end-of-sequence: reachable, not dominant
-    writer.add_tensor("output.weight", head.astype(np.float16))
-
-    ranks = np.linspace(1.0, 0.0, spec.n_experts, dtype=np.float32)
-    for layer in range(spec.n_layers):
-        p = f"blk.{layer}."
-        writer.add_tensor(p + "attn_norm.weight", np.ones(e, dtype=np.float32))
-        writer.add_tensor(
-            p + "attn_q.weight", normal(spec.n_head * d, e, scale=0.1).astype(np.float16)
-        )
-        writer.add_tensor(
-            p + "attn_k.weight", normal(spec.n_head_kv * d, e, scale=0.1).astype(np.float16)
-        )
-        writer.add_tensor(
-            p + "attn_v.weight", normal(spec.n_head_kv * d, e, scale=0.1).astype(np.float16)
-        )
-        writer.add_tensor(
-            p + "attn_output.weight", normal(e, spec.n_head * d, scale=0.02).astype(np.float16)
-        )
-        writer.add_tensor(p + "attn_q_norm.weight", np.ones(d, dtype=np.float32))
-        writer.add_tensor(p + "attn_k_norm.weight", np.ones(d, dtype=np.float32))
-        writer.add_tensor(p + "ffn_norm.weight", np.ones(e, dtype=np.float32))
-        router = normal(spec.n_experts, e, scale=0.15)
-        router[:, 0] = spec.router_skew * ranks
-        writer.add_tensor(p + "ffn_gate_inp.weight", router)
-        exps = spec.n_experts
-        writer.add_tensor(
-            p + "ffn_gate_exps.weight", normal(exps, f, e, scale=0.1).astype(np.float16)
-        )
-        writer.add_tensor(
-            p + "ffn_up_exps.weight", normal(exps, f, e, scale=0.1).astype(np.float16)
-        )
-        writer.add_tensor(
-            p + "ffn_down_exps.weight", normal(exps, e, f, scale=0.02).astype(np.float16)
-        )
-
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
 # -- every catalog architecture ----------------------------------------------------------------
 #
 # Tensor names, shapes (ggml order: ne0 first) and hyperparameter keys follow each family's
@@ -184,10 +66,11 @@ def build_synthetic_moe(path: str | Path, spec: SyntheticSpec | None = None) -> 
 
 
 @dataclass(frozen=True)
-class ArchDims:
-    """The size of one architecture's test model (or, header only, of a real model).
+class SyntheticSpec:
+    """The size of a test model of any architecture (or, header only, of a real model).
 
-    Fields a family does not use are ignored. ``attention_layers`` lists the layers that
+    The defaults load and generate in well under a second. Fields a family does not use are
+    ignored. ``attention_layers`` lists the layers that
     have attention in hybrid families (the others are Mamba-2 or short-convolution layers);
     empty means every layer.
     """
@@ -200,12 +83,12 @@ class ArchDims:
     n_experts: int = 8
     n_experts_used: int = 2
     expert_ffn: int = 32
-    n_ff: int = 64  # dense FFN (leading dense layers, Granite hybrid's dense layers)
+    n_ff: int = 0  # dense FFN (leading dense layers); 0: expert_ffn x experts used
     n_shared: int = 0  # shared experts (count), each expert_ffn wide unless shared_ffn is set
     shared_ffn: int = 0
     leading_dense: int = 0
     n_vocab: int = 0  # 0: the tiny tokenizer only; more pads it with unused tokens
-    context_length: int = 4096
+    context_length: int = 2048
     sliding_window: int = 0
     kv_lora_rank: int = 32  # MLA
     rope_dim: int = 8  # MLA: rope part of each query/key head
@@ -218,6 +101,12 @@ class ArchDims:
     shortconv_l_cache: int = 3
     attention_layers: tuple[int, ...] = ()
     nextn_layers: int = 0  # multi-token-prediction layers after the trunk (GLM), never loaded
+    router_skew: float = 3.0  # weight of the embeddings' constant on expert 0 .. E-1 (heat)
+    seed: int = 1234
+
+    @property
+    def dense_ffn(self) -> int:
+        return self.n_ff or self.expert_ffn * self.n_experts_used
 
 
 @dataclass(frozen=True)
@@ -239,6 +128,8 @@ DEEPSEEK_EOS = "<\uff5cend\u2581of\u2581sentence\uff5c>"
 # The special tokens of each family's real tokenizer (its tokenizer_config added tokens:
 # "special": true ones are CONTROL, the rest USER_DEFINED, as convert_hf_to_gguf writes them).
 FAMILY_TOKENS: dict[str, FamilyTokens] = {
+    # build_synthetic_moe's: the tiny SPM vocabulary's own <unk>, <s>, </s>, nothing more
+    "plain": FamilyTokens((), bos="<s>", eos="</s>", add_bos=True),
     "qwen": FamilyTokens(
         ("<|endoftext|>", "<|im_start|>", "<|im_end|>"),
         ("<think>", "</think>", "<tool_call>", "</tool_call>"),
@@ -286,30 +177,32 @@ _FAMILY = {
     "glm4moe": "glm",
 }  # fmt: skip
 
-# Test shapes: what each family needs beyond ArchDims() to take its real code path.
-TEST_DIMS: dict[str, ArchDims] = {
-    "qwen3moe": ArchDims(),
-    "gpt-oss": ArchDims(sliding_window=16, n_head_kv=2, expert_ffn=64),
-    "olmoe": ArchDims(n_head_kv=4),  # no grouped-query attention
-    "granitemoe": ArchDims(),
+# Test shapes: what each family needs beyond SyntheticSpec() to take its real code path.
+TEST_DIMS: dict[str, SyntheticSpec] = {
+    "qwen3moe": SyntheticSpec(),
+    "gpt-oss": SyntheticSpec(sliding_window=16, n_head_kv=2, expert_ffn=64),
+    "olmoe": SyntheticSpec(n_head_kv=4),  # no grouped-query attention
+    "granitemoe": SyntheticSpec(),
     # Mamba-2 layers around one attention layer; a shared expert, as in Granite 4.0-H.
-    "granitehybrid": ArchDims(attention_layers=(2,), n_shared=1, shared_ffn=64),
-    "llama": ArchDims(expert_ffn=64),  # Mixtral: experts as wide as a dense FFN
-    "phimoe": ArchDims(),
+    "granitehybrid": SyntheticSpec(attention_layers=(2,), n_shared=1, shared_ffn=64),
+    "llama": SyntheticSpec(expert_ffn=64),  # Mixtral: experts as wide as a dense FFN
+    "phimoe": SyntheticSpec(),
     # MLA with a leading dense layer and two shared experts, as in DeepSeek-V2-Lite.
-    "deepseek2": ArchDims(leading_dense=1, n_shared=2, n_head_kv=1),
-    "ernie4_5-moe": ArchDims(leading_dense=1, n_shared=2, shared_ffn=64),
+    "deepseek2": SyntheticSpec(leading_dense=1, n_shared=2, n_head_kv=1),
+    "ernie4_5-moe": SyntheticSpec(leading_dense=1, n_shared=2, shared_ffn=64),
     # Short-convolution layers with attention in two, the first layer dense, as in LFM2.
-    "lfm2moe": ArchDims(attention_layers=(1, 3), leading_dense=1),
-    "glm4moe": ArchDims(leading_dense=1, n_shared=1, nextn_layers=1),
-    "qwen2moe": ArchDims(n_shared=1, shared_ffn=64),
-    "smallthinker": ArchDims(sliding_window=32),
+    "lfm2moe": SyntheticSpec(attention_layers=(1, 3), leading_dense=1),
+    "glm4moe": SyntheticSpec(leading_dense=1, n_shared=1, nextn_layers=1),
+    "qwen2moe": SyntheticSpec(n_shared=1, shared_ffn=64),
+    "smallthinker": SyntheticSpec(sliding_window=32),
 }
 
 _Tensor = tuple[str, tuple[int, ...], str]  # name, ggml shape, how to fill it
 
 
-def _attention(p: str, d: ArchDims, *, q_norm: bool = False, bias: bool = False) -> list[_Tensor]:
+def _attention(
+    p: str, d: SyntheticSpec, *, q_norm: bool = False, bias: bool = False
+) -> list[_Tensor]:
     q, kv = d.n_head * d.head_dim, d.n_head_kv * d.head_dim
     out: list[_Tensor] = [
         (p + "attn_q.weight", (d.n_embd, q), "w"),
@@ -326,7 +219,7 @@ def _attention(p: str, d: ArchDims, *, q_norm: bool = False, bias: bool = False)
     return out
 
 
-def _experts(p: str, d: ArchDims, *, probs_bias: bool = False) -> list[_Tensor]:
+def _experts(p: str, d: SyntheticSpec, *, probs_bias: bool = False) -> list[_Tensor]:
     e, f, n = d.n_embd, d.expert_ffn, d.n_experts
     out: list[_Tensor] = [(p + "ffn_gate_inp.weight", (e, n), "router")]
     if probs_bias:
@@ -337,7 +230,7 @@ def _experts(p: str, d: ArchDims, *, probs_bias: bool = False) -> list[_Tensor]:
     return out
 
 
-def _shared(p: str, d: ArchDims, gate_inp: bool = False) -> list[_Tensor]:
+def _shared(p: str, d: SyntheticSpec, gate_inp: bool = False) -> list[_Tensor]:
     f = d.shared_ffn or d.expert_ffn * d.n_shared
     out: list[_Tensor] = [(p + "ffn_gate_shexp.weight", (d.n_embd, f), "w"),
            (p + "ffn_up_shexp.weight", (d.n_embd, f), "w"),
@@ -347,25 +240,25 @@ def _shared(p: str, d: ArchDims, gate_inp: bool = False) -> list[_Tensor]:
     return out
 
 
-def _dense(p: str, d: ArchDims) -> list[_Tensor]:
-    out: list[_Tensor] = [(p + "ffn_gate.weight", (d.n_embd, d.n_ff), "w"),
-            (p + "ffn_up.weight", (d.n_embd, d.n_ff), "w"),
-            (p + "ffn_down.weight", (d.n_ff, d.n_embd), "out")]  # fmt: skip
+def _dense(p: str, d: SyntheticSpec) -> list[_Tensor]:
+    out: list[_Tensor] = [(p + "ffn_gate.weight", (d.n_embd, d.dense_ffn), "w"),
+            (p + "ffn_up.weight", (d.n_embd, d.dense_ffn), "w"),
+            (p + "ffn_down.weight", (d.dense_ffn, d.n_embd), "out")]  # fmt: skip
     return out
 
 
-def _norm(name: str, d: ArchDims, bias: bool = False) -> list[_Tensor]:
+def _norm(name: str, d: SyntheticSpec, bias: bool = False) -> list[_Tensor]:
     out: list[_Tensor] = [(name + ".weight", (d.n_embd,), "ones")]
     return [*out, (name + ".bias", (d.n_embd,), "zeros")] if bias else out
 
 
-def _family_layout(arch: str, d: ArchDims) -> tuple[dict[str, Any], list[_Tensor]]:
+def _family_layout(arch: str, d: SyntheticSpec) -> tuple[dict[str, Any], list[_Tensor]]:
     """The architecture's own keys (without the ``{arch}.`` prefix) and its tensors."""
     keys: dict[str, Any] = {
         "block_count": d.n_layers + d.nextn_layers,
         "context_length": d.context_length,
         "embedding_length": d.n_embd,
-        "feed_forward_length": d.n_ff,
+        "feed_forward_length": d.dense_ffn,
         "attention.head_count": d.n_head,
         "attention.head_count_kv": d.n_head_kv,
         "attention.key_length": d.head_dim,
@@ -385,6 +278,8 @@ def _family_layout(arch: str, d: ArchDims) -> tuple[dict[str, Any], list[_Tensor
     head = [("output_norm.weight", (d.n_embd,), "ones"),
             ("output.weight", (d.n_embd, d.n_vocab), "head")]  # fmt: skip
     layers = range(d.n_layers)
+    if arch == "qwen3moe":
+        keys["rope.freq_base"] = 1_000_000.0
     if arch in ("qwen3moe", "smallthinker", "olmoe", "qwen2moe", "llama", "granitemoe"):
         if arch == "smallthinker":
             keys["expert_gating_func"] = 1  # softmax
@@ -552,7 +447,9 @@ def _family_layout(arch: str, d: ArchDims) -> tuple[dict[str, Any], list[_Tensor
                             (p + "nextn.shared_head_norm.weight", (d.n_embd,), "ones")]  # fmt: skip
     else:
         raise ValueError(f"no test model for architecture {arch!r}")
-    return keys, tensors + head
+    # The output head right after the embeddings: the order random weights are drawn in,
+    # which keeps build_synthetic_moe's weights what they always were.
+    return keys, [tensors[0], *head, *tensors[1:]]
 
 
 def _stored_f16(kind: str, shape: tuple[int, ...]) -> bool:
@@ -563,8 +460,7 @@ def _stored_f16(kind: str, shape: tuple[int, ...]) -> bool:
 def _family_vocab(family: FamilyTokens, n_vocab: int) -> tuple[list[str], list[float], list[int]]:
     tokens, scores, types = _vocab()
     for text in family.control + family.user_defined:
-        if text in tokens:
-            types[tokens.index(text)] = 3
+        if text in tokens:  # <unk>, <s>, </s>: already there, with their types
             continue
         tokens.append(text)
         scores.append(0.0)
@@ -577,16 +473,23 @@ def _family_vocab(family: FamilyTokens, n_vocab: int) -> tuple[list[str], list[f
 
 
 def arch_writer(
-    path: Path, arch: str, dims: ArchDims, name: str, chat_template: str | None = None
+    path: Path,
+    arch: str,
+    dims: SyntheticSpec,
+    name: str,
+    chat_template: str | None = None,
+    tokens_of: str | None = None,
 ) -> tuple[Any, list[_Tensor], int]:
-    """A ``GGUFWriter`` holding ``arch``'s keys and tokenizer; its tensor list and vocab size.
+    """A ``GGUFWriter`` holding ``arch``'s keys and tokenizer; its tensor list and the id of
+    its end-of-sequence token.
 
     Tensors are added by the caller: with data (``build_arch_model``) or as header entries
-    only (a real model's shape for a memory dry run, ``write_arch_header``).
+    only (a real model's shape for a memory dry run, ``write_arch_header``). ``tokens_of``
+    names the ``FAMILY_TOKENS`` entry when not the architecture's own family.
     """
     from gguf import GGUFWriter
 
-    family = FAMILY_TOKENS[_FAMILY[arch]]
+    family = FAMILY_TOKENS[tokens_of or _FAMILY[arch]]
     tokens, scores, types = _family_vocab(family, dims.n_vocab)
     dims = replace(dims, n_vocab=len(tokens))
     keys, tensors = _family_layout(arch, dims)
@@ -615,29 +518,30 @@ def arch_writer(
     writer.add_add_bos_token(family.add_bos)
     writer.add_add_eos_token(False)
     writer.add_chat_template(chat_template or CHAT_TEMPLATE)
-    return writer, tensors, len(tokens)
+    return writer, tensors, index[family.eos]
 
 
 def build_arch_model(
     path: str | Path,
     arch: str,
-    dims: ArchDims | None = None,
+    dims: SyntheticSpec | None = None,
     chat_template: str | None = None,
-    seed: int = 1234,
+    name: str | None = None,
+    tokens_of: str | None = None,
 ) -> Path:
     """Write a tiny random-weight model of catalog architecture ``arch`` and return its path.
 
     Every tensor, key and special token is the family's own, so loading, placement and
-    generation take that family's code path in the engine; the router is skewed as in
-    ``build_synthetic_moe``.
+    generation take that family's code path in the engine. Shaped as the module says:
+    skewed routing (``dims.router_skew``), whole words preferred, end of sequence reachable.
     """
     from gguf import LlamaFileType
 
     path = Path(path)
     dims = dims or TEST_DIMS[arch]
-    rng = np.random.default_rng(seed)
-    writer, tensors, _ = arch_writer(
-        path, arch, dims, f"Synthetic {arch} (test model)", chat_template
+    rng = np.random.default_rng(dims.seed)
+    writer, tensors, eos = arch_writer(
+        path, arch, dims, name or f"Synthetic {arch} (test model)", chat_template, tokens_of
     )
     writer.add_file_type(LlamaFileType.MOSTLY_F16)
     n_words = len(WORDS)
@@ -652,7 +556,7 @@ def build_arch_model(
             data = -np.linspace(1.0, 4.0, int(np.prod(dims_np)), dtype=np.float32).reshape(dims_np)
         elif kind == "router":
             data = (rng.standard_normal(dims_np) * 0.15).astype(np.float32)
-            data[:, 0] = 3.0 * ranks
+            data[:, 0] = dims.router_skew * ranks
         elif kind == "embd":
             data = (rng.standard_normal(dims_np) * 0.3).astype(np.float32)
             data[:, 0] = 3.0
@@ -660,6 +564,7 @@ def build_arch_model(
             data = (rng.standard_normal(dims_np) * 0.2).astype(np.float32)
             data[:, 0] = -1.0
             data[3 + 256 : 3 + 256 + n_words, 0] = 1.0
+            data[eos, 0] = 0.35  # end-of-sequence: reachable, not dominant
         else:
             scale = {"w": 0.1, "out": 0.02, "conv": 0.3}[kind]
             data = (rng.standard_normal(dims_np) * scale).astype(np.float32)
@@ -674,7 +579,7 @@ def build_arch_model(
 
 
 def write_arch_header(
-    path: str | Path, arch: str, dims: ArchDims, name: str, chat_template: str | None = None
+    path: str | Path, arch: str, dims: SyntheticSpec, name: str, chat_template: str | None = None
 ) -> Path:
     """A model of ``dims``'s real size with its header only: the file is extended to its full
     length as a sparse file (no disk used), for the engine's memory dry run, which reads no
@@ -684,7 +589,7 @@ def write_arch_header(
     from engine.gguf_file import read_header_extent
 
     path = Path(path)
-    writer, tensors, _ = arch_writer(path, arch, dims, name, chat_template)
+    writer, tensors, _eos = arch_writer(path, arch, dims, name, chat_template)
     writer.add_file_type(LlamaFileType.MOSTLY_F16)
     for tensor_name, shape, kind in tensors:
         f32 = not _stored_f16(kind, shape)
@@ -707,14 +612,14 @@ _LEADING_DENSE = {"deepseek2": 1, "glm4moe": 1, "ernie4_5-moe": 1, "lfm2moe": 2}
 _NEXTN = {"glm4moe": 1}
 
 
-def catalog_dims(model: Any) -> ArchDims:
-    """A ``catalog.CatalogModel``'s real shape as ``ArchDims``, for ``write_arch_header``."""
+def catalog_dims(model: Any) -> SyntheticSpec:
+    """A ``catalog.CatalogModel``'s real shape as ``SyntheticSpec``, for ``write_arch_header``."""
     from engine.context_memory import spread_layers
 
     memory = dict(model.memory)
     heads = model.n_heads or max(1, model.n_embd // 128)
     head_dim = model.head_dim or model.n_embd // heads
-    dims = ArchDims(
+    dims = SyntheticSpec(
         n_layers=model.n_layers,
         n_embd=model.n_embd,
         n_head=heads,
