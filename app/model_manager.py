@@ -40,6 +40,7 @@ from engine.planner import Candidate, ModelShape, Plan, Settings, Verdict, plan,
 from engine.store import Store
 
 MEASURED_KEY = "measured_models"  # path: what the engine reported when it was last loaded
+RECOMMENDED_KEY = "recommended_model"  # (model id, quant) last recommended
 CONTEXT_KEY = "context_length"
 CONTEXTS = (2048, 4096, 8192, 16384, 32768, 65536, 131072)
 VERDICT_COLOURS = {
@@ -288,8 +289,14 @@ class ModelManager(QDialog):
         if self.machine is None:
             return
         settings = self.settings
-        self.candidates = rank(self.catalog, self.machine, settings)
-        best = recommend(self.catalog, self.machine, settings)
+        last = self.store.get_setting(RECOMMENDED_KEY)
+        incumbent = (
+            (str(last[0]), str(last[1])) if isinstance(last, list) and len(last) == 2 else None
+        )
+        self.candidates = rank(self.catalog, self.machine, settings, incumbent)
+        best = recommend(self.catalog, self.machine, settings, incumbent)
+        if best is not None:
+            self.store.set_setting(RECOMMENDED_KEY, [best[0].model.id, best[0].quant.quant])
         if best is None:
             self.recommendation.setText(
                 "<b>No catalog model fits this machine.</b> Close other programs or pick a "

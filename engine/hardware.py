@@ -13,6 +13,7 @@ import os
 import platform
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import threading
@@ -287,8 +288,14 @@ def cpu_features_from_os() -> tuple[str, ...]:
     return tuple(sorted(set(found)))
 
 
-def measure_ram_bandwidth(seconds: float = 0.4, threads: int | None = None) -> float | None:
-    """Bytes/s read plus written by parallel copies of large arrays (a rough, short probe)."""
+def measure_ram_bandwidth(
+    seconds: float = 0.5, threads: int | None = None, rounds: int = 5
+) -> float | None:
+    """Bytes/s read plus written by parallel copies of large arrays (a rough, short probe).
+
+    The median of ``rounds`` probes over ``seconds`` in all: one probe swung between 14 and
+    25 GB/s from start to start on the same machine, and the recommendation with it.
+    """
     try:
         import numpy as np
     except ImportError:
@@ -297,24 +304,30 @@ def measure_ram_bandwidth(seconds: float = 0.4, threads: int | None = None) -> f
     size = 64 * 1024 * 1024
     sources = [np.ones(size // 8) for _ in range(threads)]
     targets = [np.empty_like(s) for s in sources]
-    moved: list[int] = [0] * threads
-    deadline = time.perf_counter() + seconds
+    for source, target in zip(sources, targets, strict=True):
+        np.copyto(target, source)  # touch the pages once, before any timing
 
-    def work(i: int) -> None:
-        np.copyto(targets[i], sources[i])  # warm the pages first
-        while time.perf_counter() < deadline:
-            np.copyto(targets[i], sources[i])
-            moved[i] += 2 * size
+    def probe(length: float) -> float | None:
+        moved: list[int] = [0] * threads
+        deadline = time.perf_counter() + length
 
-    start = time.perf_counter()
-    workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
-    for worker in workers:
-        worker.start()
-    for worker in workers:
-        worker.join()
-    elapsed = time.perf_counter() - start
-    total: int = sum(moved)
-    return total / elapsed if elapsed > 0 and total else None
+        def work(i: int) -> None:
+            while time.perf_counter() < deadline:
+                np.copyto(targets[i], sources[i])
+                moved[i] += 2 * size
+
+        start = time.perf_counter()
+        workers = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+        elapsed = time.perf_counter() - start
+        total: int = sum(moved)
+        return total / elapsed if elapsed > 0 and total else None
+
+    rates = [rate for rate in (probe(seconds / rounds) for _ in range(rounds)) if rate]
+    return statistics.median(rates) if rates else None
 
 
 def cached_ram_bandwidth(cache: Path | None = None) -> float | None:

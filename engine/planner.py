@@ -634,13 +634,35 @@ class Candidate:
     plan: Plan
 
 
+# A quantization above 4 bits is worth its size only when it stays comfortable to read at:
+# this many tokens/s, or this share of the same model's 4-bit speed.
+COMFORTABLE_TOKENS_PER_S = 20.0
+COMFORTABLE_SHARE = 0.7
+FOUR_BIT_QUALITY = 4  # catalog.QUANT_QUALITY of Q4_K_M and MXFP4
+LOW_BIT_QUALITY = 3  # below this (Q2_K, Q3_K_M) only when no 4-bit choice runs fast enough
+# The last recommendation keeps its place unless another is clearly better: in every speed
+# threshold its speed counts this much more and the others' this much less, so a noisy
+# bandwidth probe does not flip it.
+SWITCH_MARGIN = 0.15
+
+
 def rank(
-    models: Iterable[CatalogModel], machine: MachineProfile, settings: Settings | None = None
+    models: Iterable[CatalogModel],
+    machine: MachineProfile,
+    settings: Settings | None = None,
+    incumbent: tuple[str, str] | None = None,
 ) -> list[Candidate]:
     """Every catalog model x quantization planned on this machine, best first.
 
-    Best: runs at ``min_tokens_per_s`` or more, then the highest quality tier (less for 2-
-    and 3-bit quants), then the best quantization, then the fastest.
+    Best: runs at ``min_tokens_per_s`` or more at 4 bits or more (2- and 3-bit quants only
+    after those), then the highest quality tier (less for 2- and 3-bit quants), then a
+    quantization that is comfortable (4-bit, or higher when it reaches
+    ``COMFORTABLE_TOKENS_PER_S`` or ``COMFORTABLE_SHARE`` of the model's 4-bit speed), then
+    the best quantization, then the fastest.
+
+    Args:
+        incumbent: (model id, quant) recommended last time; while it still runs, it gets
+            ``SWITCH_MARGIN`` in every speed threshold.
     """
     settings = settings or Settings()
     candidates = [
@@ -649,21 +671,61 @@ def rank(
         for quant in model.quants
     ]
 
-    def key(candidate: Candidate) -> tuple[bool, bool, int, int, float]:
-        p = candidate.plan
-        fast = p.runs and p.decode_tokens_per_s >= settings.min_tokens_per_s
+    held = any(incumbent == (c.model.id, c.quant.quant) and c.plan.runs for c in candidates)
+
+    def speed(candidate: Candidate) -> float:
+        rate = candidate.plan.decode_tokens_per_s if candidate.plan.runs else 0.0
+        if not held:
+            return rate
+        if incumbent == (candidate.model.id, candidate.quant.quant):
+            return rate * (1 + SWITCH_MARGIN)
+        return rate / (1 + SWITCH_MARGIN)
+
+    four_bit: dict[str, float] = {}  # model id: speed of its best quant of at most 4 bits
+    for candidate in sorted(candidates, key=lambda c: c.quant.quality):
+        if candidate.plan.runs and candidate.quant.quality <= FOUR_BIT_QUALITY:
+            four_bit[candidate.model.id] = speed(candidate)
+
+    def comfortable(candidate: Candidate) -> bool:
+        reference = four_bit.get(candidate.model.id)
+        rate = speed(candidate)
+        return (
+            candidate.quant.quality <= FOUR_BIT_QUALITY
+            or reference is None
+            or rate >= COMFORTABLE_TOKENS_PER_S
+            or rate >= COMFORTABLE_SHARE * reference
+        )
+
+    def key(candidate: Candidate) -> tuple[bool, bool, bool, int, bool, int, float]:
+        fast = candidate.plan.runs and speed(candidate) >= settings.min_tokens_per_s
+        low_bit = candidate.quant.quality < LOW_BIT_QUALITY
         quality = candidate.model.quality_rank - candidate.quant.rank_penalty
-        return (fast, p.runs, quality, candidate.quant.quality, p.decode_tokens_per_s)
+        return (
+            fast and not low_bit,
+            fast,
+            candidate.plan.runs,
+            quality,
+            comfortable(candidate),
+            candidate.quant.quality,
+            speed(candidate),
+        )
 
     return sorted(candidates, key=key, reverse=True)
 
 
 def recommend(
-    models: Iterable[CatalogModel], machine: MachineProfile, settings: Settings | None = None
+    models: Iterable[CatalogModel],
+    machine: MachineProfile,
+    settings: Settings | None = None,
+    incumbent: tuple[str, str] | None = None,
 ) -> tuple[Candidate, str] | None:
-    """The one model + quantization to suggest, with a one-sentence reason (None: nothing runs)."""
+    """The one model + quantization to suggest, with a one-sentence reason (None: nothing runs).
+
+    ``incumbent`` (model id, quant) is the last recommendation, kept unless another is clearly
+    better (``SWITCH_MARGIN``).
+    """
     settings = settings or Settings()
-    ranked = rank(models, machine, settings)
+    ranked = rank(models, machine, settings, incumbent)
     if not ranked or not ranked[0].plan.runs:
         return None
     best = ranked[0]

@@ -8,7 +8,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtWidgets import QAbstractItemView
 from pytestqt.qtbot import QtBot
 
-from app.model_manager import ModelManager
+from app.model_manager import RECOMMENDED_KEY, ModelManager
 from tests.helpers.windows import TIMEOUT_MS, close, open_manager
 
 
@@ -37,6 +37,10 @@ def test_shows_the_machine_and_a_recommendation(qtbot: QtBot) -> None:
     assert "Too large for this machine" in column(manager.table, 3)
     tip = manager.table.item(0, 0).toolTip()
     assert "Placement:" in tip and "weights" in tip and "KV cache" in tip
+    # remembered, so the next start keeps it unless another is clearly better
+    model_id, quant = window.store.get_setting(RECOMMENDED_KEY)
+    assert any(c.model.id == model_id and c.quant.quant == quant for c in manager.candidates)
+    assert manager.candidates[0].model.id == model_id
     close(window)
 
 

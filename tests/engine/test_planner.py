@@ -283,3 +283,59 @@ def test_repacked_experts_trade_prompt_speed_for_generation() -> None:
     assert "repacked" in repacked.placement.label
     # nothing in RAM, nothing to repack
     assert not plan(shape(OLMOE), GPU_24_RAM_64, Settings(no_host=True)).placement.no_host
+
+
+def test_a_higher_bit_quant_only_when_it_stays_comfortable() -> None:
+    """The 8 GB GPU was offered Q8_0 at ~16 tok/s over Q4_K_M at ~31."""
+    from engine.planner import COMFORTABLE_SHARE, COMFORTABLE_TOKENS_PER_S
+
+    best, _ = recommend(CATALOG.values(), GPU_8_RAM_32) or (None, "")
+    assert best is not None and best.quant.quant == "Q4_K_M"
+    for candidates in (rank(CATALOG.values(), m) for m in (GPU_8_RAM_32, GPU_24_RAM_64)):
+        for model_id in {c.model.id for c in candidates}:
+            mine = [c for c in candidates if c.model.id == model_id and c.plan.runs]
+            four = [c for c in mine if c.quant.quality == 4]
+            if not mine or not four:
+                continue
+            first = mine[0]  # the model's quant that ranks highest
+            rate = first.plan.decode_tokens_per_s
+            if first.quant.quality > 4:
+                assert rate >= COMFORTABLE_TOKENS_PER_S or (
+                    rate >= COMFORTABLE_SHARE * four[0].plan.decode_tokens_per_s
+                )
+    # and a big GPU still gets 8 bits where they stay fast
+    ranked = rank(CATALOG.values(), GPU_24_RAM_64)
+    qwen = [c for c in ranked if c.model.id == "qwen3-30b-a3b-instruct-2507"]
+    assert qwen[0].quant.quant == "Q8_0" and qwen[0].plan.decode_tokens_per_s >= 20
+
+
+def test_no_2_bit_quant_while_a_4_bit_model_runs_fast_enough() -> None:
+    """A 2-core laptop was offered Qwen3-30B at Q2_K."""
+    laptop = machine(24, 18, cores=2, ram_gbs=20)
+    best, _ = recommend(CATALOG.values(), laptop) or (None, "")
+    assert best is not None and best.quant.quality >= 3
+    assert best.plan.decode_tokens_per_s >= 8
+
+
+def test_the_recommendation_holds_while_the_bandwidth_probe_wobbles() -> None:
+    """It changed in three starts of one machine as the probe read 14 to 25 GB/s."""
+    for bandwidth in range(10, 60, 3):
+        first = recommend(CATALOG.values(), machine(24, 18, cores=2, ram_gbs=bandwidth))
+        assert first is not None
+        incumbent = (first[0].model.id, first[0].quant.quant)
+        for wobble in (0.88, 1.12):
+            again = recommend(
+                CATALOG.values(),
+                machine(24, 18, cores=2, ram_gbs=bandwidth * wobble),
+                incumbent=incumbent,
+            )
+            assert again is not None and (again[0].model.id, again[0].quant.quant) == incumbent
+    # ... but a machine that is really faster gets what it can now run
+    slow = recommend(CATALOG.values(), machine(24, 18, cores=2, ram_gbs=10))
+    assert slow is not None
+    fast = recommend(
+        CATALOG.values(),
+        machine(64, 56, (gpu("RTX 4090", 23, gbs=1008),), cores=16),
+        incumbent=(slow[0].model.id, slow[0].quant.quant),
+    )
+    assert fast is not None and fast[0].model.id != slow[0].model.id
