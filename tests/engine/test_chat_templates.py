@@ -3,6 +3,7 @@ gpt-oss holding a conversation on its own template in the engine."""
 
 from __future__ import annotations
 
+import codecs
 from pathlib import Path
 
 import pytest
@@ -64,6 +65,43 @@ def test_gpt_oss_holds_a_conversation_with_its_reasoning_apart(
     assert "<|start|>assistant<|channel|>final<|message|>" in prompt
     assert "<|channel|>analysis" not in prompt  # earlier turns' reasoning is not sent back
     assert prompt.endswith("<|start|>assistant")
+
+
+def test_gpt_oss_reply_split_from_the_engines_own_token_pieces(
+    templates: Path, tmp_path: Path
+) -> None:
+    """A harmony reply as the model emits it, token by token (markers are single special
+    tokens, words are vocabulary tokens), rendered by the engine and parsed as it streams."""
+    from engine.chat_format import Channel, parser_for
+    from engine.synthetic import WORDS
+
+    def word(text: str) -> int:
+        return 3 + 256 + WORDS.index(text)  # "▁word" tokens follow <unk> <s> </s> and bytes
+
+    def spelled(text: str) -> list[int]:
+        return [3 + byte for byte in text.encode()]  # byte tokens, as a byte-level BPE would
+
+    with _session_with(templates / FAMILY_TEMPLATES["gpt-oss"], "gpt-oss", tmp_path) as session:
+
+        def marker(text: str) -> int:
+            [token] = session.tokenize(text)
+            return token
+
+        tokens = [
+            marker("<|channel|>"), *spelled("analysis"), marker("<|message|>"),
+            word("hello"), word("world"), marker("<|end|>"), marker("<|start|>"),
+            *spelled("assistant"), marker("<|channel|>"), *spelled("final"),
+            marker("<|message|>"), word("river"), word("stone"),
+        ]  # fmt: skip
+        parser = parser_for(session.reply_format, session.format_prompt(CONVERSATION))
+        decoder = codecs.getincrementaldecoder("utf-8")()
+        pieces = []
+        for token in tokens:
+            pieces += parser.feed(decoder.decode(session._piece(token)))
+        pieces += parser.finish()
+    answer = "".join(p.text for p in pieces if p.channel is Channel.CONTENT)
+    thought = "".join(p.text for p in pieces if p.channel is Channel.REASONING)
+    assert (answer.strip(), thought.strip()) == ("river stone", "hello world")
 
 
 def test_qwen3_thinking_switch(templates: Path, tmp_path: Path) -> None:
