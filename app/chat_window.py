@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import html
 import logging
 import time
@@ -9,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from PySide6.QtCore import QEvent, QMetaObject, QObject, Qt, QThread, QTimer, Signal, Slot
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
@@ -42,10 +43,11 @@ from app.background import run_in_background
 from app.downloads import Downloads, describe
 from app.experts_panel import ExpertsPanel
 from app.model_manager import CONTEXT_KEY, MEASURED_KEY, ModelManager
-from app.worker import SessionWorker
+from app.worker import WINDOW_CLIENT, HostAdapter
 from engine.downloads import DownloadEvent
+from engine.host import ChatMessage, ChatRequest, EngineCrashed, LoadedModel, QueueChanged
 from engine.library import Library
-from engine.session import SamplingSettings, memory_snapshot
+from engine.session import SamplingSettings, Stats
 from engine.store import Store, StoredMessage
 
 SAVE_INTERVAL_S = 1.0
@@ -100,11 +102,8 @@ class _EnterToSend(QObject):
 class ChatWindow(QMainWindow):
     """Main window. Holds no business logic: the Store keeps data, the worker runs the model."""
 
-    load_requested = Signal(str, int)  # path, context length
-    generate_requested = Signal(list, dict, dict)  # messages, sampling, template options
-    # Re-emitted on the GUI thread once the window has shown them (panels and tests listen here).
-    model_ready = Signal(dict)
-    tune_requested = Signal()
+    # Re-emitted once the window has shown them (panels and tests listen here).
+    model_ready = Signal(object)  # LoadedModel
     model_failed = Signal(str)
     piece_shown = Signal(str)
     reply_done = Signal(dict)
@@ -124,7 +123,9 @@ class ChatWindow(QMainWindow):
         self.setWindowTitle("MoE Chat")
         self.resize(1100, 720)
         self._conversation_id: int | None = None
-        self._model: dict[str, Any] | None = None
+        self._model: LoadedModel | None = None
+        self._crashed_path: str | None = None  # offered for loading again after a crash
+        self._device_memory: dict[str, tuple[int, int]] = {}
         self._reply_id: int | None = None
         self._reply_conversation_id: int | None = None
         self._reply_text = ""
@@ -134,7 +135,7 @@ class ChatWindow(QMainWindow):
         self._tuning = False
 
         self._build_ui()
-        self._start_worker()
+        self._start_host()
         self.downloads.changed.connect(self._on_downloads_changed)
         self._refresh_conversations()
         self._memory_timer = QTimer(self)
@@ -207,11 +208,16 @@ class ChatWindow(QMainWindow):
         self.error_label = QLabel(self.error_banner)
         self.error_label.setWordWrap(True)
         self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.reload_button = QPushButton("Load again", self.error_banner)
+        self.reload_button.setToolTip("Start the engine again and load the same model")
+        self.reload_button.clicked.connect(self._on_reload_button_clicked)
+        self.reload_button.hide()
         close = QToolButton(self.error_banner)
         close.setText("✕")
         close.setToolTip("Dismiss")
         close.clicked.connect(self.error_banner.hide)
         banner_layout.addWidget(self.error_label, 1)
+        banner_layout.addWidget(self.reload_button, 0, Qt.AlignmentFlag.AlignTop)
         banner_layout.addWidget(close, 0, Qt.AlignmentFlag.AlignTop)
         self.error_banner.hide()
         layout.addWidget(self.error_banner)
@@ -255,6 +261,9 @@ class ChatWindow(QMainWindow):
         self.download_label = QLabel()
         self.download_label.setObjectName("statLabel")
         status.addWidget(self.download_label)
+        self.queue_label = QLabel()
+        self.queue_label.setObjectName("statLabel")
+        status.addWidget(self.queue_label)
         for label in (self.speed_label, self.ttft_label, self.ram_label, self.vram_label):
             label.setObjectName("statLabel")
             status.addPermanentWidget(label)
@@ -274,13 +283,8 @@ class ChatWindow(QMainWindow):
         about_action = help_menu.addAction("&About MoE Chat", self.open_about)
         about_action.setMenuRole(QAction.MenuRole.AboutRole)
 
-    def _start_worker(self) -> None:
-        self._thread = QThread(self)
-        self._thread.setObjectName("inference")
-        self.worker = SessionWorker()
-        self.worker.moveToThread(self._thread)
-        self.load_requested.connect(self.worker.load)
-        self.generate_requested.connect(self.worker.generate)
+    def _start_host(self) -> None:
+        self.worker = HostAdapter(parent=self)
         self.worker.load_started.connect(self._on_worker_load_started)
         self.worker.load_progressed.connect(self._on_worker_load_progressed)
         self.worker.model_loaded.connect(self._on_worker_model_loaded)
@@ -290,8 +294,8 @@ class ChatWindow(QMainWindow):
         self.worker.live_stats.connect(self._on_worker_live_stats)
         self.worker.reply_finished.connect(self._on_worker_reply_finished)
         self.worker.reply_failed.connect(self._on_worker_reply_failed)
-        self._thread.finished.connect(self.worker.deleteLater)
-        self._thread.start()
+        self.worker.engine_crashed.connect(self._on_worker_engine_crashed)
+        self.worker.queue_changed.connect(self._on_worker_queue_changed)
         self.experts = ExpertsPanel(self)
         self.experts.profiling_toggled.connect(self.worker.set_profiling)
         self.worker.heat_updated.connect(self.experts.set_heat)
@@ -299,18 +303,30 @@ class ChatWindow(QMainWindow):
         self.reply_done.connect(self.experts.set_reply_stats)
         self.experts.tune_requested.connect(self.tune_model)
         self.experts.tune_cancelled.connect(self.cancel_tuning)
-        self.tune_requested.connect(self.worker.tune)
         self.worker.tune_started.connect(self._on_worker_tune_started)
         self.worker.tune_progressed.connect(self._on_worker_tune_progressed)
         self.worker.tune_finished.connect(self._on_worker_tune_finished)
         self.worker.tune_failed.connect(self.show_error)
 
+    @property
+    def host(self) -> Any:
+        """The model host the window's replies (and the local server's) run on."""
+        return self.worker.host
+
     # -- errors ----------------------------------------------------------------------------
 
-    def show_error(self, text: str) -> None:
-        """The one place errors appear: a banner above the conversation."""
+    def show_error(self, text: str, reload_path: str | None = None) -> None:
+        """The one place errors appear: a banner above the conversation, with "Load again"
+        when the engine stopped under a model."""
         self.error_label.setText(text)
+        self._crashed_path = reload_path
+        self.reload_button.setVisible(reload_path is not None)
         self.error_banner.show()
+
+    @Slot()
+    def _on_reload_button_clicked(self) -> None:
+        if self._crashed_path is not None:
+            self.load_model(self._crashed_path)
 
     # -- model -----------------------------------------------------------------------------
 
@@ -368,11 +384,11 @@ class ChatWindow(QMainWindow):
         self.error_banner.hide()
         self._model = None  # nothing to chat with until the model is loaded again
         self._tuning = True
-        self.tune_requested.emit()
+        self.worker.tune()
 
     @Slot()
     def cancel_tuning(self) -> None:
-        self.worker.tune_cancel.set()
+        self.worker.cancel_tune()
         self.experts.cancel_tuning()
 
     @Slot(str)
@@ -397,7 +413,7 @@ class ChatWindow(QMainWindow):
         if self._generating:
             self.stop()
         self.error_banner.hide()
-        self.load_requested.emit(path, int(self.store.get_setting(CONTEXT_KEY, 4096)))
+        self.worker.load(path, int(self.store.get_setting(CONTEXT_KEY, 4096)))
 
     @Slot(str)
     def _on_worker_load_started(self, path: str) -> None:
@@ -411,24 +427,25 @@ class ChatWindow(QMainWindow):
     def _on_worker_load_progressed(self, value: float) -> None:
         self.load_progress.setValue(int(value * 100))
 
-    @Slot(dict)
-    def _on_worker_model_loaded(self, model: dict[str, Any]) -> None:
+    @Slot(object)
+    def _on_worker_model_loaded(self, model: LoadedModel) -> None:
         self._model = model
+        self._device_memory = {}
         self._tuning = False
         self.load_progress.hide()
         self.open_button.setEnabled(True)
         experts = (
-            f", {model['n_experts']} experts ({model['n_experts_used']} active)"
-            if model["n_experts"] > 1
+            f", {model.n_experts} experts ({model.n_experts_used} active)"
+            if model.n_experts > 1
             else ""
         )
         self.model_label.setText(
-            f"Model: <b>{html.escape(model['name'])}</b> · {model['file_type']}{experts} · "
-            f"context {model['n_ctx']} · {html.escape(model['placement'])}"
+            f"Model: <b>{html.escape(model.name)}</b> · {model.file_type}{experts} · "
+            f"context {model.n_ctx} · {html.escape(model.placement)}"
         )
-        self.store.set_setting(LAST_MODEL_KEY, model["path"])
-        if self.library.find_path(model["path"]) is None:  # opened by hand: list it from now on
-            path = model["path"]
+        self.store.set_setting(LAST_MODEL_KEY, model.path)
+        if self.library.find_path(model.path) is None:  # opened by hand: list it from now on
+            path = model.path
             run_in_background(
                 lambda: self.library.import_file(path, copy=False),
                 lambda _model: None,
@@ -436,7 +453,11 @@ class ChatWindow(QMainWindow):
                 self,
             )
         measured = self.store.get_setting(MEASURED_KEY, {})
-        measured[model["path"]] = model["measured"]
+        measured[model.path] = {
+            "devices": dict(model.device_bytes),
+            "rss": model.rss_bytes,
+            "n_ctx": model.n_ctx,
+        }
         self.store.set_setting(MEASURED_KEY, measured)
         self.model_ready.emit(model)
 
@@ -572,12 +593,12 @@ class ChatWindow(QMainWindow):
         if not any(m.role == "user" for m in history):
             self.store.rename_conversation(conversation_id, _title_from(text))
             self._refresh_conversations(select=conversation_id)
-        chat = [
-            m.as_chat()
+        chat = tuple(
+            ChatMessage(m.role, m.content, m.reasoning)
             for m in self.store.messages(conversation_id)
             if m.content or m.role == "user"
-        ]
-        reply = self.store.start_reply(conversation_id, self._model["name"])
+        )
+        reply = self.store.start_reply(conversation_id, self._model.name)
         self._reply_id = reply.id
         self._reply_conversation_id = conversation_id
         self._reply_text = ""
@@ -585,16 +606,12 @@ class ChatWindow(QMainWindow):
         self._reply_saved_at = time.monotonic()
         self._render_conversation()  # ends with the empty reply; pieces are appended to it
         self._set_generating(True)
-        self.worker.cancel.clear()
-        sampling = SamplingSettings()
-        self.generate_requested.emit(
-            chat, {k: getattr(sampling, k) for k in sampling.__dataclass_fields__}, {}
-        )
+        self.worker.generate(ChatRequest(chat, SamplingSettings()))
 
     @Slot()
     def stop(self) -> None:
-        """Ask the worker to stop the reply; it ends within one token."""
-        self.worker.cancel.set()
+        """Stop the reply; it ends within one token (or never starts, if it was waiting)."""
+        self.worker.stop()
 
     def _set_generating(self, generating: bool) -> None:
         self._generating = generating
@@ -644,13 +661,15 @@ class ChatWindow(QMainWindow):
         self.speed_label.setText(f"{rate:.1f} tok/s")
         self.ttft_label.setText(f"first token {ttft * 1000:.0f} ms")
 
-    @Slot(dict)
-    def _on_worker_reply_finished(self, stats: dict[str, Any]) -> None:
+    @Slot(object, bool)
+    def _on_worker_reply_finished(self, result: Stats, profiling: bool) -> None:
+        stats = {**result.to_dict(), "profiling": profiling}
+        self._device_memory = dict(result.device_memory)
         if self._reply_id is not None:
             self.store.finish_reply(self._reply_id, self._reply_text, stats, self._reply_reasoning)
             if self._model is not None and stats.get("generated_tokens", 0) > 8:
                 measured = self.store.get_setting(MEASURED_KEY, {})
-                entry = measured.setdefault(self._model["path"], {})
+                entry = measured.setdefault(self._model.path, {})
                 entry["generation_tokens_per_s"] = stats["generation_tokens_per_s"]
                 self.store.set_setting(MEASURED_KEY, measured)
         self._reply_id = None
@@ -660,8 +679,8 @@ class ChatWindow(QMainWindow):
         self._render_conversation()
         self.reply_done.emit(stats)
 
-    @Slot(str)
-    def _on_worker_reply_failed(self, message: str) -> None:
+    @Slot(str, bool)
+    def _on_worker_reply_failed(self, message: str, crashed: bool) -> None:
         if self._reply_id is not None:
             if self._reply_text or self._reply_reasoning:
                 self.store.update_reply(self._reply_id, self._reply_text, self._reply_reasoning)
@@ -670,21 +689,54 @@ class ChatWindow(QMainWindow):
         self._reply_id = None
         self._set_generating(False)
         self._render_conversation()
-        self.show_error(message)
+        if not crashed:  # a crash is reported once, by _on_worker_engine_crashed
+            self.show_error(message)
+
+    @Slot(object)
+    def _on_worker_engine_crashed(self, event: EngineCrashed) -> None:
+        self._model = None
+        self._tuning = False
+        self.load_progress.hide()
+        self.open_button.setEnabled(True)
+        self.model_label.setText("No model loaded: the engine stopped")
+        self.show_error(event.message, reload_path=event.model_path)
+        self.model_failed.emit(event.message)
+
+    @Slot(object)
+    def _on_worker_queue_changed(self, queue: QueueChanged) -> None:
+        """The API's requests, shown where the window's own reply would be."""
+        api_waiting = sum(1 for r in queue.waiting if r.client != WINDOW_CLIENT)
+        running = queue.running
+        parts = []
+        if running is not None and running.client != WINDOW_CLIENT:
+            parts.append(f"API: replying to {running.client}")
+        if api_waiting:
+            parts.append(f"{api_waiting} API request{'s' if api_waiting > 1 else ''} waiting")
+        ours_waiting = any(r.client == WINDOW_CLIENT for r in queue.waiting)
+        if ours_waiting:
+            parts.append("your reply starts when the model is free")
+        self.queue_label.setText(" · ".join(parts))
 
     # -- status ----------------------------------------------------------------------------
 
     @Slot()
     def _on_memory_timer_timeout(self) -> None:
-        if self._model is None:
-            self.ram_label.setText(self._ram_text(psutil.Process().memory_info().rss))
-            return
-        rss, devices = memory_snapshot()  # the engine is loaded by now
+        rss = psutil.Process().memory_info().rss
+        pid = self.worker.host.pid
+        if pid is not None:  # the engine's process, where the model is
+            with contextlib.suppress(psutil.Error):
+                rss += psutil.Process(pid).memory_info().rss
         self.ram_label.setText(self._ram_text(rss))
+        if self._model is None:
+            return
+        devices = self._device_memory or {
+            name: (size, 0) for name, size in self._model.device_bytes.items() if name != "CPU"
+        }
         if devices:
             used = sum(used for used, _total in devices.values())
             total = sum(total for _used, total in devices.values())
-            self.vram_label.setText(f"VRAM {_gib(used)} / {_gib(total)}")
+            of = f" / {_gib(total)}" if total else ""
+            self.vram_label.setText(f"VRAM {_gib(used)}{of}")
         else:
             self.vram_label.setText("VRAM: no GPU in use")
 
@@ -706,16 +758,10 @@ class ChatWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.downloads.close()  # what is on disk stays; the download resumes at the next start
-        self.worker.cancel.set()
-        self.worker.closing.set()  # a load in progress stops at its next progress report
-        self.worker.tune_cancel.set()
         self._memory_timer.stop()
         if self._reply_id is not None:
             self.store.update_reply(self._reply_id, self._reply_text, self._reply_reasoning)
-        # Blocking, so the model is freed on its own thread before that thread's loop ends.
-        QMetaObject.invokeMethod(self.worker, "unload", Qt.ConnectionType.BlockingQueuedConnection)
-        self._thread.quit()
-        self._thread.wait()
+        self.worker.close()  # the engine's process frees the model and ends
         super().closeEvent(event)
 
 

@@ -31,6 +31,7 @@ from engine.heat import (
     layer_skew,
     read_shares,
 )
+from engine.host import LoadedModel
 from engine.tuner import REFERENCE_PROMPT_TOKENS, REFERENCE_REPLY_TOKENS, Tuning
 
 HOT_FRACTION = 0.25  # the summary's hot set: the hottest quarter of each layer's experts
@@ -151,7 +152,7 @@ class ExpertsPanel(QWidget):
         self.setObjectName("expertsPanel")
         self.setWindowTitle("Experts")
         self.resize(900, 700)
-        self.model: dict[str, Any] | None = None
+        self.model: LoadedModel | None = None
         self.heat: HeatProfile | None = None
         self.last_reply: dict[str, Any] | None = None
         self.tuning_running = False
@@ -238,14 +239,14 @@ class ExpertsPanel(QWidget):
         layout.addWidget(self.results)
         self._refresh()
 
-    @Slot(dict)
-    def set_model(self, model: dict[str, Any] | None) -> None:
+    @Slot(object)
+    def set_model(self, model: LoadedModel | None) -> None:
         self.model = model
         self.heat = None
         self.last_reply = None
-        tuning = model.get("tuning") if model else None
+        tuning: Any = model.tuning if model else None
         self.show_tuning(tuning)
-        if model and model.get("tuned") and tuning is not None and tuning.best is not None:
+        if model and model.tuned and tuning is not None and tuning.best is not None:
             self.tune_status.setText(
                 f"Loaded with the fastest measured split: {tuning.best.label}."
             )
@@ -328,7 +329,7 @@ class ExpertsPanel(QWidget):
 
     def _refresh(self) -> None:
         model, heat = self.model, self.heat
-        moe = model is not None and model.get("n_experts", 0) >= 2
+        moe = model is not None and model.n_experts >= 2
         self.profiling.setEnabled(moe or model is None)
         self.tune_button.setEnabled(model is not None and not self.tuning_running)
         counts = heat.total if heat is not None else None
@@ -342,7 +343,7 @@ class ExpertsPanel(QWidget):
         if model is None:
             self.summary.setText("Load a Mixture-of-Experts model to see its experts.")
         elif not moe:
-            self.summary.setText(f"{model['name']} has no experts: it is a dense model.")
+            self.summary.setText(f"{model.name} has no experts: it is a dense model.")
         elif heat is None or counts is None or curve is None:
             self.summary.setText(
                 "Turn counting on and chat: the map fills in as replies stream."
@@ -381,33 +382,32 @@ class ExpertsPanel(QWidget):
 
     @staticmethod
     def _placement_text(
-        model: dict[str, Any] | None, counts: np.ndarray | None, reply: dict[str, Any] | None
+        model: LoadedModel | None, counts: np.ndarray | None, reply: dict[str, Any] | None
     ) -> str:
         if model is None:
             return ""
-        measured = model.get("measured", {}).get("devices", {})
+        measured = model.device_bytes
         where = ", ".join(f"{device} {size / 2**30:.2f} GiB" for device, size in measured.items())
-        layers = model.get("gpu_expert_layers", [])
-        n_layers = model.get("n_layers", 0)
-        partial = model.get("partial_expert_layer")
+        layers = model.gpu_expert_layers
+        n_layers = model.n_layers
+        partial = (
+            (model.partial_expert_layer, model.partial_gpu_share)
+            if model.partial_expert_layer is not None
+            else None
+        )
         part = f" and {partial[1]:.0%} of layer {partial[0]}'s" if partial else ""
         text = (
-            f"Placement: {model.get('placement', '?')}; expert layers on a GPU: "
+            f"Placement: {model.placement}; expert layers on a GPU: "
             f"{len(layers)}{part} of {n_layers}. Measured at load: "
             f"{where or 'nothing reported'}."
         )
-        shares = (
-            read_shares(counts, layers, tuple(partial) if partial else None)
-            if counts is not None
-            else None
-        )
+        shares = read_shares(counts, layers, partial) if counts is not None else None
         if shares is not None and (layers or partial):
             text += f" By the counted heat, {shares.describe()}."
-        predicted = model.get("predicted")
-        if predicted:
+        if model.predicted_generation_tokens_per_s is not None:
             text += (
-                f" Predicted: {predicted['generation_tokens_per_s']:.1f} tok/s generation, "
-                f"{predicted['prompt_tokens_per_s']:,.0f} tok/s prompt"
+                f" Predicted: {model.predicted_generation_tokens_per_s:.1f} tok/s generation, "
+                f"{model.predicted_prompt_tokens_per_s or 0:,.0f} tok/s prompt"
             )
             if reply and reply.get("generated_tokens", 0) > 1:
                 text += (

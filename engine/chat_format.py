@@ -106,6 +106,16 @@ def parser_for(fmt: ReplyFormat, prompt: str) -> ReplyParser:
     return ThinkParser(in_reasoning=tail.endswith(THINK_OPEN))
 
 
+class PlainParser:
+    """Text as it comes: a raw completion has no reply markup to split."""
+
+    def feed(self, text: str) -> list[Piece]:
+        return [Piece(text)] if text else []
+
+    def finish(self) -> list[Piece]:
+        return []
+
+
 def _held_prefix(text: str, markers: tuple[str, ...]) -> int:
     """Length of the longest end of ``text`` that could start one of ``markers``."""
     longest = 0
@@ -285,3 +295,43 @@ def split_reply(text: str, fmt: ReplyFormat | None = None) -> tuple[str, str]:
     content = "".join(p.text for p in pieces if p.channel is Channel.CONTENT)
     reasoning = "".join(p.text for p in pieces if p.channel is Channel.REASONING)
     return content, reasoning
+
+
+class StopMatcher:
+    """Ends an answer at the first of a caller's stop strings (OpenAI's ``stop``).
+
+    Only answer text is matched, never reasoning. Text that could be the start of a stop
+    string is held back until the next piece decides it, so the stop string itself is never
+    shown; ``finish`` returns what was held when the reply ends another way.
+    """
+
+    def __init__(self, stops: tuple[str, ...]) -> None:
+        self.stops = tuple(s for s in stops if s)
+        self.stopped = False
+        self._held = ""
+
+    def feed(self, pieces: list[Piece]) -> list[Piece]:
+        if not self.stops:
+            return pieces
+        out: list[Piece] = []
+        for piece in pieces:
+            if self.stopped:
+                break
+            if piece.channel is not Channel.CONTENT:
+                out.append(piece)
+                continue
+            text = self._held + piece.text
+            found = [i for i in (text.find(s) for s in self.stops) if i >= 0]
+            if found:
+                self.stopped = True
+                text, self._held = text[: min(found)], ""
+            else:
+                held = _held_prefix(text, self.stops)
+                text, self._held = text[: len(text) - held], text[len(text) - held :]
+            if text:
+                out.append(Piece(text))
+        return out
+
+    def finish(self) -> list[Piece]:
+        held, self._held = self._held, ""
+        return [Piece(held)] if held and not self.stopped else []

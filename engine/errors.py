@@ -36,3 +36,10 @@ class GenerationError(MoeChatError):
 
 class StoreError(MoeChatError):
     """Conversations or settings could not be read or written."""
+
+
+def user_message(exc: BaseException) -> str:
+    """The one sentence (plus what to do) a user sees for an error."""
+    if isinstance(exc, MoeChatError):
+        return str(exc)
+    return f"Something unexpected went wrong: {type(exc).__name__}: {exc}"

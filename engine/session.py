@@ -16,9 +16,9 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any
 
 import psutil
 
@@ -26,7 +26,10 @@ from engine import engine_log
 from engine.chat_format import (
     Channel,
     Piece,
+    PlainParser,
     ReplyFormat,
+    ReplyParser,
+    StopMatcher,
     TemplateOptions,
     parser_for,
     reply_format,
@@ -37,9 +40,6 @@ from engine.gguf_file import GGUFInfo, read_gguf
 from engine.heat import HeatProfile, RoutingCapture
 from engine.native import llama_cpp
 from engine.placement import Placement
-
-if TYPE_CHECKING:
-    from engine.tuner import Choice
 
 # Used when a GGUF carries no chat template; the same ChatML fallback llama.cpp uses.
 CHATML_TEMPLATE = (
@@ -74,6 +74,7 @@ class SamplingSettings:
     repeat_last_n: int = 64
     seed: int = -1  # -1: a fresh random seed per reply
     max_tokens: int = 1024
+    stop: tuple[str, ...] = ()  # the answer ends before the first of these strings
 
     @classmethod
     def greedy(cls, max_tokens: int = 256) -> SamplingSettings:
@@ -102,7 +103,7 @@ class Stats:
     prompt_tokens_per_s: float = 0.0
     generation_tokens_per_s: float = 0.0
     total_s: float = 0.0
-    stop_reason: str = ""  # "end", "length", "cancelled", "context_full"
+    stop_reason: str = ""  # "end", "stop" (a stop string), "length", "cancelled", "context_full"
     dropped_turns: int = 0  # oldest turns left out because the conversation outgrew the context
     rss_bytes: int = 0
     device_memory: dict[str, tuple[int, int]] = field(default_factory=dict)  # name: (used, total)
@@ -149,10 +150,8 @@ class Session:
 
     Args:
         path: the GGUF file (any part of a split model).
-        placement: where tensors go; CPU only by default. ``"auto"``: the planner's split for
-            this machine, with the knobs of the last "Tune for this machine" if there was one
-            (``engine.tuner.auto_choice``); ``self.choice`` then holds the plan and its
-            predicted speed.
+        placement: where tensors go; CPU only by default. ``engine.tuner.open_planned`` loads
+            with the planner's (or the last tuning's) placement for this machine.
         settings: context size, batch sizes, threads.
         on_progress: called with 0..1 while weights load; return False to abort the load.
         dry_run: reserve nothing, read no weights; only measure what KV cache and compute
@@ -167,7 +166,7 @@ class Session:
     def __init__(
         self,
         path: str | Path,
-        placement: Placement | Literal["auto"] | None = None,
+        placement: Placement | None = None,
         settings: LoadSettings | None = None,
         on_progress: Callable[[float], bool] | None = None,
         dry_run: bool = False,
@@ -179,19 +178,6 @@ class Session:
         self.dry_run = dry_run
         self.info: GGUFInfo = read_gguf(path)
         self.path = self.info.path  # the first part of a split model is what the engine loads
-        self.choice: Choice | None = None  # the plan behind an "auto" placement
-        if placement == "auto":
-            from engine.tuner import Knobs, auto_choice
-
-            asked = Knobs(n_ubatch=self.settings.n_ubatch, n_threads=self.settings.n_threads)
-            choice = self.choice = auto_choice(self.info, self.settings.n_ctx, default=asked)
-            placement = choice.placement
-            self.settings = replace(
-                self.settings,
-                n_batch=max(self.settings.n_batch, choice.n_ubatch),
-                n_ubatch=choice.n_ubatch,
-                n_threads=choice.n_threads or self.settings.n_threads,
-            )
         self.placement = placement or Placement.cpu_only()
         self._ll = llama_cpp()
         self._model: Any = None
@@ -499,9 +485,9 @@ class Session:
 
         Each piece is answer text or reasoning, split from the family's markup as it streams.
         A conversation longer than the context loses its oldest turns first (counted in
-        ``Stats.dropped_turns``). Stops at the model's end-of-turn token, at
-        ``sampling.max_tokens``, when the context is full, or within one token of ``cancel``
-        being set (a cancel is not an error).
+        ``Stats.dropped_turns``). Stops at the model's end-of-turn token, at one of
+        ``sampling.stop``, at ``sampling.max_tokens``, when the context is full, or within one
+        token of ``cancel`` being set (a cancel is not an error).
 
         Raises:
             GenerationError: the last message does not fit, the template fails, or the engine
@@ -510,14 +496,50 @@ class Session:
         if self._ctx is None:
             raise GenerationError("No model is loaded.")
         sampling = sampling or SamplingSettings()
-        cancel = cancel or threading.Event()
-        ll = self._ll
-        stats = Stats()
-        self.last_stats = stats
+        stats = self.last_stats = Stats()
         start = time.perf_counter()
         room = min(sampling.max_tokens, REPLY_ROOM_TOKENS, self.n_ctx // 4)
         prompt, prompt_text, stats.dropped_turns = self.fit_prompt(messages, room, options)
         parser = parser_for(self.reply_format, prompt_text)
+        yield from self._generate(prompt, parser, sampling, cancel, stats, start)
+
+    def complete(
+        self,
+        prompt: str,
+        sampling: SamplingSettings | None = None,
+        cancel: threading.Event | None = None,
+    ) -> Iterator[Piece]:
+        """Continue ``prompt`` as plain text, with no chat template (OpenAI's completions).
+
+        Raises:
+            GenerationError: the prompt leaves no room in the context, or the engine fails.
+        """
+        if self._ctx is None:
+            raise GenerationError("No model is loaded.")
+        sampling = sampling or SamplingSettings()
+        stats = self.last_stats = Stats()
+        start = time.perf_counter()
+        tokens = self.tokenize(prompt)
+        if not tokens or len(tokens) >= self.n_ctx:
+            raise GenerationError(
+                f"The prompt has {len(tokens)} tokens; the model's context holds {self.n_ctx}.",
+                "Send a shorter prompt, or load the model with a longer context.",
+            )
+        yield from self._generate(tokens, PlainParser(), sampling, cancel, stats, start)
+
+    def _generate(
+        self,
+        prompt: list[int],
+        parser: ReplyParser,
+        sampling: SamplingSettings,
+        cancel: threading.Event | None,
+        stats: Stats,
+        start: float,
+    ) -> Iterator[Piece]:
+        """The token loop behind stream() and complete(): compute what of ``prompt`` is not
+        cached, then sample, parse and yield until a stop condition."""
+        cancel = cancel or threading.Event()
+        ll = self._ll
         # Reuse the keys/values of the longest common prefix with what is already computed.
         common = 0
         for cached, new in zip(self._cached, prompt, strict=False):
@@ -533,6 +555,7 @@ class Session:
         del self._cached[common:]
         stats.prompt_tokens = len(prompt)
         stats.prompt_tokens_cached = common
+        stops = StopMatcher(sampling.stop)
         sampler = self._sampler(sampling)
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         try:
@@ -556,7 +579,7 @@ class Session:
                     break
                 stats.generated_tokens += 1
                 text = decoder.decode(self._piece(token))
-                pieces = parser.feed(text) if text else []
+                pieces = stops.feed(parser.feed(text)) if text else []
                 now = time.perf_counter()
                 if stats.generated_tokens == 1:
                     first_token_at = now
@@ -566,7 +589,11 @@ class Session:
                         now - first_token_at
                     )
                 yield from pieces
-                if cancel.is_set():
+                if stops.stopped:
+                    stats.stop_reason = "stop"
+                    # the stop string's tokens are computed, so the cache stays one with them
+                    self._decode([token])
+                elif cancel.is_set():
                     stats.stop_reason = "cancelled"
                 elif stats.generated_tokens >= sampling.max_tokens:
                     stats.stop_reason = "length"
@@ -574,8 +601,10 @@ class Session:
                     stats.stop_reason = "context_full"
                 else:
                     self._decode([token])
-            yield from parser.feed(decoder.decode(b"", final=True))
-            yield from parser.finish()
+            if not stops.stopped:
+                yield from stops.feed(parser.feed(decoder.decode(b"", final=True)))
+                yield from stops.feed(parser.finish())
+                yield from stops.finish()
             stats.total_s = time.perf_counter() - start
             stats.rss_bytes, stats.device_memory = memory_snapshot()
         finally:

@@ -35,6 +35,7 @@ from engine.placement import Placement
 from engine.planner import ModelShape, Plan, Verdict
 from engine.planner import Settings as PlanSettings
 from engine.planner import plan as make_plan
+from engine.session import LoadSettings, Session
 
 # What "fastest" means: the time of a typical turn, this many prompt tokens computed (a
 # message plus what the cache cannot reuse) and this many tokens generated.
@@ -225,6 +226,32 @@ def auto_choice(
     return choose(info, n_ctx, machine, knobs or default, tuned=knobs is not None)
 
 
+def open_planned(
+    path: str | Path,
+    settings: LoadSettings | None = None,
+    on_progress: Callable[[float], bool] | None = None,
+    heat: HeatProfile | None = None,
+) -> tuple[Session, Choice]:
+    """Load ``path`` with the split planned for this machine (``auto_choice``); the batch
+    size and threads of ``settings`` are the defaults a remembered tuning overrides.
+
+    Raises:
+        ModelFileError, ModelLoadError: as ``Session`` does.
+    """
+    settings = settings or LoadSettings()
+    info = read_gguf(path)
+    asked = Knobs(n_ubatch=settings.n_ubatch, n_threads=settings.n_threads)
+    choice = auto_choice(info, settings.n_ctx, default=asked)
+    settings = replace(
+        settings,
+        n_batch=max(settings.n_batch, choice.n_ubatch),
+        n_ubatch=choice.n_ubatch,
+        n_threads=choice.n_threads or settings.n_threads,
+    )
+    session = Session(info.path, choice.placement, settings, on_progress=on_progress, heat=heat)
+    return session, choice
+
+
 def candidates(info: GGUFInfo, n_ctx: int, machine: MachineProfile) -> list[Choice]:
     """The splits worth measuring, the planner's first; each fits the machine's free memory."""
     base = choose(info, n_ctx, machine)
@@ -284,8 +311,6 @@ def tune(
         TuningCancelled: ``cancel`` was set (nothing is remembered).
         ModelLoadError, ModelFileError, GenerationError: as loading and generating do.
     """
-    from engine.session import LoadSettings, Session  # the session imports this module
-
     cancel = cancel or threading.Event()
     info = read_gguf(path)
     machine = machine or this_machine()

@@ -46,7 +46,7 @@ def type_and_send(qtbot: QtBot, window: ChatWindow, text: str) -> None:
 def test_a_reply_streams_in_and_the_stats_update(qtbot: QtBot, synthetic_model: Path) -> None:
     window = open_window(qtbot)
     model = load(qtbot, window, synthetic_model)
-    assert model["n_experts"] == 8
+    assert model.n_experts == 8
     assert "Synthetic MoE" in window.model_label.text()
     pieces: list[str] = []
     window.piece_shown.connect(pieces.append)

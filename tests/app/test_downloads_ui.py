@@ -84,7 +84,7 @@ def test_download_pause_resume_and_load_from_the_model_manager(
 
     with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT_MS) as loaded:
         qtbot.mouseClick(row.load_button, Qt.MouseButton.LeftButton)
-    assert loaded.args[0]["path"] == model.path
+    assert loaded.args[0].path == model.path
     close(window)
 
 

@@ -36,9 +36,9 @@ def test_heat_map_fills_in_while_a_reply_streams(qtbot: QtBot, synthetic_model: 
     assert panel.heat_map.relative is None
     assert "Turn counting on" in panel.summary.text()
     # the placement summary is the loaded plan's
-    assert f"Placement: {model['placement']}" in panel.placement.text()
-    on_gpu = len(model["gpu_expert_layers"])
-    assert f"expert layers on a GPU: {on_gpu} of {model['n_layers']}" in panel.placement.text()
+    assert f"Placement: {model.placement}" in panel.placement.text()
+    on_gpu = len(model.gpu_expert_layers)
+    assert f"expert layers on a GPU: {on_gpu} of {model.n_layers}" in panel.placement.text()
 
     updates = Recorder(window)  # on the GUI thread: the worker's signal arrives queued
     window.worker.heat_updated.connect(updates.add)
@@ -60,7 +60,7 @@ def test_heat_map_fills_in_while_a_reply_streams(qtbot: QtBot, synthetic_model: 
     assert panel.heat_map.relative is not None
     assert np.isclose(panel.heat_map.relative.mean(), 1.0)  # shares x experts average to 1
     assert "generated tokens counted" in panel.summary.text()
-    assert len(panel.coverage.curve) == model["n_experts"] + 1
+    assert len(panel.coverage.curve) == model.n_experts + 1
     assert panel.coverage.curve[-1] == 1.0
     # counts were saved for this model file
     saved = HeatProfile.load(model_key(synthetic_model))
@@ -110,7 +110,7 @@ def test_tune_for_this_machine_measures_and_reloads_with_the_fastest(
 ) -> None:
     window = open_window(qtbot)
     before = load(qtbot, window, synthetic_model)
-    assert not before["tuned"] and before["predicted"]["generation_tokens_per_s"] > 0
+    assert not before.tuned and (before.predicted_generation_tokens_per_s or 0) > 0
     panel = window.open_experts()
     qtbot.waitExposed(panel)
     assert not panel.results.isVisible()
@@ -125,8 +125,8 @@ def test_tune_for_this_machine_measures_and_reloads_with_the_fastest(
     model = reloaded.args[0]
     assert all(visible for _, _, visible in progress.items)
     assert any("Measuring candidate" in message for _, message, _ in progress.items)
-    tuning = model["tuning"]
-    assert model["tuned"] and model["placement"].startswith("Tuned: ")
+    tuning = model.tuning
+    assert model.tuned and model.placement.startswith("Tuned: ")
     assert "Tuned: " in window.model_label.text()
     # the table lists every measured candidate and marks the fastest, which the load used
     rows = panel.results.rowCount()
@@ -153,7 +153,7 @@ def test_cancelled_tuning_changes_nothing(qtbot: QtBot, upcycled_moe: Path) -> N
     with qtbot.waitSignal(window.model_ready, timeout=4 * LOAD_TIMEOUT_MS) as reloaded:
         panel.tune_button.click()
     model = reloaded.args[0]
-    assert not model["tuned"] and model["tuning"] is None
+    assert not model.tuned and model.tuning is None
     assert "nothing was changed" in panel.tune_status.text()
     assert not panel.results.isVisible() and not window.error_banner.isVisible()
     assert not list((app_home() / "tuning").glob("*.json"))

@@ -79,7 +79,7 @@ def test_loading_a_local_model_from_the_dialog_starts_the_chat(
     assert manager.local_table.item(0, 2).text() == "CPU only"  # planned from its header
     with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT_MS) as loaded:
         qtbot.mouseClick(manager.load_button, Qt.MouseButton.LeftButton)
-    assert loaded.args[0]["path"] == str(synthetic_model)
+    assert loaded.args[0].path == str(synthetic_model)
     assert [m.path for m in window.library.installed()] == [str(synthetic_model)]
     with qtbot.waitSignal(window.reply_done, timeout=TIMEOUT_MS):
         window.input.setPlainText("hello")
@@ -97,7 +97,7 @@ def test_predicted_vs_dry_run_vs_measured_for_a_local_model(qtbot: QtBot, smollm
     manager.context_combo.setCurrentIndex(manager.context_combo.findData(8192))
     with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT_MS) as loaded:
         qtbot.mouseClick(manager.load_button, Qt.MouseButton.LeftButton)
-    assert loaded.args[0]["n_ctx"] == 8192  # the context the predictions were made for
+    assert loaded.args[0].n_ctx == 8192  # the context the predictions were made for
     with qtbot.waitSignal(window.reply_done, timeout=TIMEOUT_MS):
         # long enough a reply to count as a speed measurement (more than 8 tokens), whatever
         # the sampler picks: "Name three colours." sometimes got "Red, blue and green."

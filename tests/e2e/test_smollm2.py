@@ -17,6 +17,7 @@ from engine.engine_log import per_device
 from engine.gguf_file import Role, read_gguf
 from engine.placement import EXPERT_TENSORS, Placement, TensorRule
 from engine.session import LoadSettings, SamplingSettings, Session
+from engine.tuner import open_planned
 
 QUESTION = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -126,7 +127,8 @@ def test_auto_placement_uses_the_device_and_keeps_the_reply(
 ) -> None:
     # The RPC device reports this machine's free RAM, far more than the 250 MB model needs,
     # so the planner puts everything on it.
-    with Session(upcycled_moe, "auto") as session:
+    session, _choice = open_planned(upcycled_moe)
+    with session:
         assert session.placement.n_gpu_layers == -1 and session.placement.rules == ()
         assert session.placement.label == "All on the GPU"
         text = session.chat(QUESTION, SamplingSettings.greedy(48)).text

@@ -9,8 +9,10 @@ import pytest
 from engine.chat_format import (
     Channel,
     HarmonyParser,
+    Piece,
     ReplyFormat,
     ReplyParser,
+    StopMatcher,
     TemplateOptions,
     ThinkParser,
     parser_for,
@@ -142,3 +144,22 @@ def test_template_options() -> None:
     }
     with pytest.raises(ValueError, match="low, medium or high"):
         TemplateOptions("extreme").as_kwargs()
+
+
+def test_a_stop_string_is_found_wherever_the_pieces_cut_it() -> None:
+    text = "The answer is 42.\nUser: next question"
+    for cut in range(1, len(text)):
+        for second in range(cut, len(text)):
+            matcher = StopMatcher(("\nUser:", "never"))
+            pieces = [text[:cut], text[cut:second], text[second:]]
+            shown = [p for chunk in pieces if chunk for p in matcher.feed([Piece(chunk)])]
+            shown += matcher.finish()
+            assert "".join(p.text for p in shown) == "The answer is 42."
+            assert matcher.stopped
+
+
+def test_without_a_stop_string_held_text_comes_out_at_the_end() -> None:
+    matcher = StopMatcher(("</end>",))
+    shown = matcher.feed([Piece("thinking", Channel.REASONING), Piece("ends in </e")])
+    assert [p.text for p in shown] == ["thinking", "ends in "]
+    assert [p.text for p in matcher.finish()] == ["</e"] and not matcher.stopped

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 from pathlib import Path
 
 import psutil
@@ -190,3 +191,23 @@ def test_split_model_loads_and_chats(tmp_path: Path, synthetic_model: Path) -> N
     with Session(tmp_path / "split-00002-of-00003.gguf") as split:
         assert split.path.name == "split-00001-of-00003.gguf"
         assert split.chat(HELLO, SamplingSettings.greedy(8)).text == expected
+
+
+def test_a_stop_string_ends_the_answer_before_it(session: Session) -> None:
+    whole = session.chat(HELLO, SamplingSettings.greedy(24)).text
+    cut = next(i for i in range(len(whole) // 2, len(whole)) if whole[i].strip())
+    stop = whole[cut : cut + 2]
+    reply = session.chat(HELLO, replace(SamplingSettings.greedy(24), stop=("\x00", stop)))
+    assert reply.text == whole[: whole.find(stop)]
+    assert reply.stats.stop_reason == "stop"
+
+
+def test_complete_continues_plain_text_without_the_template(session: Session) -> None:
+    text = "".join(p.text for p in session.complete("user: hello", SamplingSettings.greedy(8)))
+    assert session.last_stats.generated_tokens == 8 and session.last_stats.stop_reason == "length"
+    # no template around it: the prompt is the chat prompt minus "\nassistant:", so the
+    # greedy continuation is the model's own next tokens after "user: hello"
+    assert session.last_stats.prompt_tokens == len(session.tokenize("user: hello"))
+    assert text
+    with pytest.raises(GenerationError, match="context holds"):
+        list(session.complete("word " * 5000))

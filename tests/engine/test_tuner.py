@@ -12,7 +12,6 @@ from engine.gguf_file import read_gguf
 from engine.hardware import detect
 from engine.heat import model_key
 from engine.planner import ModelShape, Settings, Verdict, gpu_free_needed
-from engine.session import Session
 from engine.tuner import (
     MIN_GAIN,
     Knobs,
@@ -21,6 +20,7 @@ from engine.tuner import (
     TuningCancelled,
     candidates,
     machine_key,
+    open_planned,
     this_machine,
     tune,
 )
@@ -55,8 +55,9 @@ def test_tuning_measures_each_candidate_and_the_next_auto_load_uses_the_fastest(
 
     remembered = Tuning.load(tuning.model_key, machine_key(machine))
     assert remembered is not None and remembered.best == best
-    with Session(synthetic_model, "auto") as session:
-        assert session.choice is not None and session.choice.tuned
+    session, choice = open_planned(synthetic_model)
+    with session:
+        assert choice.tuned
         assert session.placement.label.startswith("Tuned: ")
         assert session.settings.n_ubatch == min(best.knobs.n_ubatch, session.settings.n_batch)
         if best.knobs.n_threads:
@@ -74,8 +75,9 @@ def test_cancelled_tuning_remembers_nothing(synthetic_model: Path) -> None:
     with pytest.raises(TuningCancelled):
         tune(synthetic_model, 512, machine, progress, cancel, prompt_tokens=32, reply_tokens=4)
     assert Tuning.load(model_key(synthetic_model), machine_key(machine)) is None
-    with Session(synthetic_model, "auto") as session:
-        assert session.choice is not None and not session.choice.tuned
+    session, choice = open_planned(synthetic_model)
+    with session:
+        assert not choice.tuned
 
 
 def test_every_candidate_stays_within_the_devices_free_memory(

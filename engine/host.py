@@ -1,0 +1,1051 @@
+"""The model host: the loaded model in a child process, shared in turn by every client.
+
+The chat window, the local API server and ``moe-chat serve`` never hold a Session. They
+submit requests to a ``ModelHost``, which keeps one queue, takes clients in turn (a client
+that sends ten requests does not wait out another's one), and runs one request at a time in
+a child process (``python -m engine.host``) that owns the engine.
+
+Why a child process: a native abort in llama.cpp (a ``GGML_ASSERT``, a CUDA out-of-memory)
+ends the process it happens in. In the child it costs the reply in progress; the host
+reports ``EngineCrashed`` and the next ``load`` starts a fresh child. The child also has the
+interpreter to itself, so the window's Python never competes with the token loop for the
+GIL (bench/generation.py measures both).
+
+Everything that crosses the process boundary is one of the frozen dataclasses below,
+pickled over a ``multiprocessing.connection`` with an authentication key.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import logging
+import os
+import queue
+import secrets
+import subprocess
+import sys
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from enum import Enum
+from multiprocessing.connection import Client, Connection, Listener
+from pathlib import Path
+from typing import Union
+
+from engine.chat_format import Piece, ReplyFormat, TemplateOptions
+from engine.errors import GenerationError, ModelLoadError, MoeChatError, user_message
+from engine.heat import HeatProfile
+from engine.session import Message, SamplingSettings, Stats
+
+log = logging.getLogger(__name__)
+
+# The child sends a reply's pieces in batches this far apart (the first at once, so time to
+# first token shows): every wake-up of the window costs the engine's threads a core.
+FLUSH_INTERVAL_S = 0.05
+# The heat map needs no more; while profiling the engine calls Python per graph node.
+HEAT_INTERVAL_S = 0.5
+START_TIMEOUT_S = 60.0
+MAX_WAITING = 32  # requests waiting beyond this are refused (HostBusy: try again later)
+
+
+# -- what clients send ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    role: str  # "system", "user" or "assistant"
+    content: str
+    reasoning: str = ""  # an assistant turn's reasoning, apart from its answer
+
+    def as_message(self) -> Message:
+        message = {"role": self.role, "content": self.content}
+        if self.reasoning:
+            message["reasoning"] = self.reasoning
+        return message
+
+
+@dataclass(frozen=True)
+class ChatRequest:
+    """A reply to a conversation, rendered with the model's chat template."""
+
+    messages: tuple[ChatMessage, ...]
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+    options: TemplateOptions = field(default_factory=TemplateOptions)
+
+
+@dataclass(frozen=True)
+class CompletionRequest:
+    """Plain text continued as it is, with no chat template."""
+
+    prompt: str
+    sampling: SamplingSettings = field(default_factory=SamplingSettings)
+
+
+Request = Union[ChatRequest, CompletionRequest]  # noqa: UP007 (a runtime alias on 3.10)
+
+
+# -- what the host reports ------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """The loaded model, its placement, and what its load measured."""
+
+    path: str
+    name: str
+    architecture: str
+    file_type: str
+    n_layers: int
+    n_experts: int
+    n_experts_used: int
+    n_ctx: int
+    reply_format: ReplyFormat
+    placement: str  # the placement's label
+    gpu_expert_layers: tuple[int, ...]
+    partial_expert_layer: int | None
+    partial_gpu_share: float
+    device_bytes: Mapping[str, int]  # weights, KV cache and buffers per device, at load
+    rss_bytes: int  # the host process's resident memory after the load
+    predicted_generation_tokens_per_s: float | None
+    predicted_prompt_tokens_per_s: float | None
+    tuned: bool  # placed by the last "Tune for this machine"
+    tuning: object | None = None  # the engine.tuner.Tuning of this file, if one was measured
+
+    @property
+    def model_id(self) -> str:
+        """The name API clients use: the file name without ``.gguf``."""
+        return Path(self.path).name.removesuffix(".gguf")
+
+
+class HostState(str, Enum):
+    EMPTY = "empty"  # no model
+    LOADING = "loading"
+    READY = "ready"
+    TUNING = "tuning"
+    CRASHED = "crashed"  # the child died; the next load starts a new one
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class RequestInfo:
+    request_id: int
+    client: str  # "window", "api 127.0.0.1", …
+    kind: str  # "chat" or "completion"
+
+
+@dataclass(frozen=True)
+class LoadStarted:
+    path: str
+
+
+@dataclass(frozen=True)
+class LoadProgressed:
+    fraction: float
+
+
+@dataclass(frozen=True)
+class ModelLoaded:
+    model: LoadedModel
+
+
+@dataclass(frozen=True)
+class LoadFailed:
+    message: str
+
+
+@dataclass(frozen=True)
+class ModelUnloaded:
+    pass
+
+
+@dataclass(frozen=True)
+class HeatUpdated:
+    profile: HeatProfile  # a copy; the engine goes on counting into its own
+
+
+@dataclass(frozen=True)
+class TuneStarted:
+    name: str
+
+
+@dataclass(frozen=True)
+class TuneProgressed:
+    fraction: float
+    message: str
+
+
+@dataclass(frozen=True)
+class TuneFinished:
+    tuning: object | None  # the Tuning, or None when cancelled; the model loads again next
+
+
+@dataclass(frozen=True)
+class TuneFailed:
+    message: str
+
+
+@dataclass(frozen=True)
+class EngineCrashed:
+    """The child process died (a native abort, out of memory, killed). Nothing is loaded."""
+
+    message: str
+    model_path: str | None  # what was loaded, to offer loading it again
+
+
+@dataclass(frozen=True)
+class QueueChanged:
+    running: RequestInfo | None
+    waiting: tuple[RequestInfo, ...]
+
+
+@dataclass(frozen=True)
+class ReplyStarted:
+    request_id: int
+
+
+@dataclass(frozen=True)
+class ReplyPieces:
+    request_id: int
+    pieces: tuple[Piece, ...]
+    generated_tokens: int
+    tokens_per_s: float
+    time_to_first_token: float
+
+
+@dataclass(frozen=True)
+class ReplyFinished:
+    request_id: int
+    stats: Stats
+    profiling: bool = False  # routing was counted, which slows the engine
+
+
+@dataclass(frozen=True)
+class ReplyFailed:
+    request_id: int
+    message: str
+    crashed: bool = False  # the engine died; the pieces sent before are all there is
+
+
+ReplyEvent = Union[ReplyStarted, ReplyPieces, ReplyFinished, ReplyFailed]  # noqa: UP007
+HostEvent = Union[  # noqa: UP007
+    LoadStarted,
+    LoadProgressed,
+    ModelLoaded,
+    LoadFailed,
+    ModelUnloaded,
+    HeatUpdated,
+    TuneStarted,
+    TuneProgressed,
+    TuneFinished,
+    TuneFailed,
+    EngineCrashed,
+    QueueChanged,
+]
+
+
+class HostBusy(MoeChatError):
+    """Too many requests are waiting; try again shortly."""
+
+
+class HostUnavailable(MoeChatError):
+    """No model is loaded, or the host is loading, tuning, stopped or closed."""
+
+
+# -- commands (parent to child) ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Load:
+    path: str
+    n_ctx: int
+
+
+@dataclass(frozen=True)
+class _Unload:
+    pass
+
+
+@dataclass(frozen=True)
+class _Generate:
+    request_id: int
+    request: Request
+
+
+@dataclass(frozen=True)
+class _Cancel:
+    request_id: int
+
+
+@dataclass(frozen=True)
+class _SetProfiling:
+    on: bool
+
+
+@dataclass(frozen=True)
+class _Tune:
+    pass
+
+
+@dataclass(frozen=True)
+class _CancelTune:
+    pass
+
+
+@dataclass(frozen=True)
+class _Shutdown:
+    pass
+
+
+# -- the client side --------------------------------------------------------------------------
+
+
+@dataclass(eq=False)
+class Ticket:
+    """One submitted request; its events go to ``on_event`` on the host's reader thread."""
+
+    info: RequestInfo
+    request: Request
+    on_event: Callable[[ReplyEvent], None]
+    host: ModelHost = field(repr=False)
+    done: bool = False
+
+    @property
+    def request_id(self) -> int:
+        return self.info.request_id
+
+    def cancel(self) -> None:
+        """Stop the request: a waiting one never runs, a running one ends within a token."""
+        self.host.cancel(self)
+
+
+class ModelHost:
+    """Owns the engine's child process and the one queue every client's requests wait in.
+
+    Thread-safe. Listeners (``add_listener``) and a ticket's ``on_event`` are called on the
+    host's reader thread, one event at a time in order; they must return quickly (post to
+    a queue, emit a Qt signal, ``call_soon_threadsafe``).
+    """
+
+    def __init__(self, max_waiting: int = MAX_WAITING) -> None:
+        self.max_waiting = max_waiting
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._send_lock = threading.Lock()
+        self._listeners: list[Callable[[HostEvent], None]] = []
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._conn: Connection | None = None
+        self._reader: threading.Thread | None = None
+        self._stderr_tail: deque[str] = deque(maxlen=40)
+        self._state = HostState.EMPTY
+        self._model: LoadedModel | None = None
+        self._load_error = ""
+        self._wanted_path: str | None = None
+        self._ids = itertools.count(1)
+        self._tickets: dict[int, Ticket] = {}
+        self._waiting: OrderedDict[str, deque[Ticket]] = OrderedDict()
+        self._running: Ticket | None = None
+        self._last_client: str | None = None
+        self._profiling = False
+
+    # -- state -----------------------------------------------------------------------------
+
+    @property
+    def state(self) -> HostState:
+        return self._state
+
+    @property
+    def model(self) -> LoadedModel | None:
+        return self._model
+
+    @property
+    def pid(self) -> int | None:
+        """The engine process's id while it runs."""
+        proc = self._proc
+        return proc.pid if proc is not None and proc.poll() is None else None
+
+    def add_listener(self, listener: Callable[[HostEvent], None]) -> None:
+        with self._lock:
+            self._listeners.append(listener)
+
+    def remove_listener(self, listener: Callable[[HostEvent], None]) -> None:
+        with self._lock, contextlib.suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def queue_state(self) -> QueueChanged:
+        with self._lock:
+            running = self._running.info if self._running is not None else None
+            waiting = tuple(t.info for tickets in self._waiting.values() for t in tickets)
+            return QueueChanged(running, waiting)
+
+    # -- models ----------------------------------------------------------------------------
+
+    def load(self, path: str | Path, n_ctx: int = 4096) -> None:
+        """Load ``path`` (replacing what is loaded), planned for this machine; LoadStarted,
+        LoadProgressed and then ModelLoaded or LoadFailed follow. A reply in progress stops;
+        waiting requests run on the new model."""
+        with self._lock:
+            if self._state is HostState.CLOSED:
+                raise HostUnavailable("The model host is closed.")
+            self._start_child()
+            self._wanted_path = str(path)
+            self._state = HostState.LOADING
+            self._load_error = ""
+            self._cancel_running()
+            self._send(_Load(str(path), n_ctx))
+
+    def unload(self) -> None:
+        with self._lock:
+            if self._conn is None:
+                return
+            self._cancel_running()
+            self._send(_Unload())
+
+    def wait_loaded(self, timeout: float | None = None) -> LoadedModel:
+        """Block until the load asked for last is done.
+
+        Raises:
+            ModelLoadError: it failed, the engine stopped, or ``timeout`` passed first.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._changed:
+            while self._state in (HostState.LOADING, HostState.TUNING):
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    raise ModelLoadError("The model took too long to load.")
+                self._changed.wait(left)
+            if self._model is None:
+                raise ModelLoadError(self._load_error or "No model is loaded.")
+            return self._model
+
+    def set_profiling(self, on: bool) -> None:
+        """Count expert routing into the model file's heat profile from now on, or stop."""
+        with self._lock:
+            self._profiling = on
+            if self._conn is not None:
+                self._send(_SetProfiling(on))
+
+    def tune(self) -> None:
+        """Measure the loaded model's candidate splits (TuneStarted … TuneFinished), then
+        load it again with the fastest."""
+        with self._lock:
+            if self._model is None:
+                raise HostUnavailable("No model is loaded, so there is nothing to tune.")
+            self._state = HostState.TUNING
+            self._cancel_running()
+            self._send(_Tune())
+
+    def cancel_tune(self) -> None:
+        with self._lock:
+            if self._conn is not None:
+                self._send(_CancelTune())
+
+    # -- requests --------------------------------------------------------------------------
+
+    def submit(
+        self, request: Request, client: str, on_event: Callable[[ReplyEvent], None]
+    ) -> Ticket:
+        """Queue ``request`` behind the other clients' (taken in turn).
+
+        Raises:
+            HostUnavailable: no model is loaded or loading.
+            HostBusy: ``max_waiting`` requests are already waiting.
+        """
+        with self._lock:
+            if self._state in (HostState.EMPTY, HostState.CRASHED, HostState.CLOSED):
+                raise HostUnavailable(
+                    self._load_error or "No model is loaded.", "Load a model first."
+                )
+            if sum(len(t) for t in self._waiting.values()) >= self.max_waiting:
+                raise HostBusy(
+                    f"{self.max_waiting} requests are already waiting for the model.",
+                    "Try again in a moment.",
+                )
+            kind = "chat" if isinstance(request, ChatRequest) else "completion"
+            ticket = Ticket(RequestInfo(next(self._ids), client, kind), request, on_event, self)
+            self._tickets[ticket.request_id] = ticket
+            self._waiting.setdefault(client, deque()).append(ticket)
+            self._dispatch()
+        self._notify_queue()
+        return ticket
+
+    def cancel(self, ticket: Ticket) -> None:
+        with self._lock:
+            if ticket.done:
+                return
+            if ticket is self._running:
+                self._send(_Cancel(ticket.request_id))
+                return
+            waiting = self._waiting.get(ticket.info.client)
+            if waiting is None or ticket not in waiting:
+                return
+            waiting.remove(ticket)
+            if not waiting:
+                del self._waiting[ticket.info.client]
+            self._finish(ticket)
+        ticket.on_event(ReplyFailed(ticket.request_id, "Cancelled before it started."))
+        self._notify_queue()
+
+    def stream(
+        self, request: Request, client: str = "script", timeout: float | None = None
+    ) -> Iterator[ReplyEvent]:
+        """Submit ``request`` and yield its events until it finishes or fails; leaving the
+        loop early cancels it."""
+        events: queue.Queue[ReplyEvent] = queue.Queue()
+        ticket = self.submit(request, client, events.put)
+        finished = False
+        try:
+            while not finished:
+                try:
+                    event = events.get(timeout=timeout)
+                except queue.Empty:
+                    raise GenerationError("The model did not answer in time.") from None
+                finished = isinstance(event, (ReplyFinished, ReplyFailed))
+                yield event
+        finally:
+            if not finished:
+                ticket.cancel()
+
+    def close(self, timeout: float = 10.0) -> None:
+        """Stop the engine process (it frees the model first) and fail what is waiting."""
+        with self._lock:
+            if self._state is HostState.CLOSED:
+                return
+            self._state = HostState.CLOSED
+            proc, conn, reader = self._proc, self._conn, self._reader
+            if conn is not None:
+                with contextlib.suppress(OSError):
+                    self._send(_Shutdown())
+        if proc is not None:
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        if reader is not None and reader is not threading.current_thread():
+            reader.join(timeout)
+        self._fail_all("The app is closing.", crashed=False)
+        with self._changed:
+            self._changed.notify_all()
+
+    def __enter__(self) -> ModelHost:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # -- inside ----------------------------------------------------------------------------
+
+    def _start_child(self) -> None:
+        if self._proc is not None and self._proc.poll() is None and self._conn is not None:
+            return
+        authkey = secrets.token_bytes(32)
+        listener = Listener(authkey=authkey)
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "engine.host", str(listener.address)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        )
+        assert proc.stdin is not None and proc.stderr is not None
+        proc.stdin.write(authkey.hex().encode() + b"\n")
+        proc.stdin.close()
+        accepted: list[Connection] = []
+        errors: list[BaseException] = []
+
+        def accept() -> None:
+            try:
+                accepted.append(listener.accept())
+            except Exception as exc:  # a child that failed the handshake
+                errors.append(exc)
+
+        acceptor = threading.Thread(target=accept, name="host-accept", daemon=True)
+        acceptor.start()
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while acceptor.is_alive() and proc.poll() is None and time.monotonic() < deadline:
+            acceptor.join(0.05)
+        if not accepted:
+            if acceptor.is_alive():  # unblock accept() with a connection of our own
+                with contextlib.suppress(Exception):
+                    Client(listener.address, authkey=authkey).close()
+                acceptor.join(5)
+            proc.kill()
+            detail = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
+            listener.close()
+            raise ModelLoadError(
+                "The engine process did not start" + (f": {detail[-1]}" if detail else "."),
+                "Reinstall the app if this keeps happening.",
+            )
+        listener.close()
+        self._proc, self._conn = proc, accepted[0]
+        self._stderr_tail.clear()
+        threading.Thread(
+            target=self._read_stderr, args=(proc,), name="host-stderr", daemon=True
+        ).start()
+        self._reader = threading.Thread(
+            target=self._read_events, args=(accepted[0], proc), name="host-reader", daemon=True
+        )
+        self._reader.start()
+        if self._profiling:
+            self._send(_SetProfiling(True))
+
+    def _send(self, command: object) -> None:
+        conn = self._conn
+        if conn is None:
+            return
+        # a child that is gone raises here; its reader thread reports it
+        with self._send_lock, contextlib.suppress(OSError, ValueError):
+            conn.send(command)
+
+    def _read_stderr(self, proc: subprocess.Popen[bytes]) -> None:
+        assert proc.stderr is not None
+        with proc.stderr:
+            for raw in proc.stderr:
+                line = raw.decode("utf-8", "replace").rstrip()
+                if line:
+                    self._stderr_tail.append(line)
+                    log.info("engine: %s", line)
+
+    def _read_events(self, conn: Connection, proc: subprocess.Popen[bytes]) -> None:
+        while True:
+            try:
+                event = conn.recv()
+            except (EOFError, OSError):
+                break
+            except Exception:  # a message that does not unpickle: a bug, not a crash
+                log.exception("unreadable message from the engine process")
+                continue
+            self._on_event(event)
+        conn.close()
+        self._on_child_gone(proc)
+
+    def _on_event(self, event: object) -> None:
+        ticket: Ticket | None = None
+        if isinstance(event, (ReplyStarted, ReplyPieces, ReplyFinished, ReplyFailed)):
+            with self._lock:
+                ticket = self._tickets.get(event.request_id)
+                if ticket is None:
+                    return
+                if isinstance(event, (ReplyFinished, ReplyFailed)):
+                    self._finish(ticket)
+                    self._running = None
+                    self._dispatch()
+            ticket.on_event(event)
+            if isinstance(event, (ReplyFinished, ReplyFailed)):
+                self._notify_queue()
+            return
+        with self._changed:
+            if isinstance(event, LoadStarted):
+                self._state, self._model = HostState.LOADING, None
+            elif isinstance(event, ModelLoaded):
+                self._state, self._model = HostState.READY, event.model
+                self._dispatch()
+            elif isinstance(event, LoadFailed):
+                self._state, self._model, self._load_error = HostState.EMPTY, None, event.message
+            elif isinstance(event, ModelUnloaded):
+                if self._state is not HostState.TUNING:
+                    self._state = HostState.EMPTY
+                self._model = None
+            elif isinstance(event, TuneStarted):
+                self._state, self._model = HostState.TUNING, None
+            self._changed.notify_all()
+        if isinstance(event, (LoadFailed, ModelUnloaded)) and self._state is HostState.EMPTY:
+            self._fail_all("No model is loaded any more.", crashed=False)
+        self._notify(event)  # type: ignore[arg-type]
+
+    def _on_child_gone(self, proc: subprocess.Popen[bytes]) -> None:
+        code = proc.wait()
+        with self._changed:
+            if self._proc is proc:
+                self._proc, self._conn = None, None
+            closing = self._state is HostState.CLOSED
+            path = self._model.path if self._model is not None else self._wanted_path
+            if not closing:
+                self._state, self._model = HostState.CRASHED, None
+                self._load_error = message = self._crash_message(code)
+            self._changed.notify_all()
+        if closing:
+            return
+        log.error("the engine process stopped: %s", message)
+        self._fail_all(message, crashed=True)
+        self._notify(EngineCrashed(message, path))
+
+    def _crash_message(self, code: int) -> str:
+        if code < 0:
+            how = f"it was stopped by signal {-code}"
+            if -code == 9:
+                how += " (killed, often for lack of memory)"
+        else:
+            how = f"it exited with code {code}"
+        time.sleep(0.05)  # the last words on stderr arrive just after the pipe closes
+        cause = next(
+            (line for line in reversed(self._stderr_tail) if "GGML_ASSERT" in line or "error" in
+             line.lower()),
+            "",
+        )  # fmt: skip
+        return (
+            f"The engine stopped unexpectedly: {how}."
+            + (f" Its last words: {cause[-300:]}" if cause else "")
+            + " Your conversations are safe; load the model again to go on."
+        )
+
+    def _cancel_running(self) -> None:
+        if self._running is not None:
+            self._send(_Cancel(self._running.request_id))
+
+    def _dispatch(self) -> None:
+        """Send the next request (round-robin over clients) if the engine is free."""
+        if self._running is not None or self._state is not HostState.READY or not self._waiting:
+            return
+        # the first client in line that was not served last; alone, it goes again
+        client = next((c for c in self._waiting if c != self._last_client), None)
+        client = client if client is not None else next(iter(self._waiting))
+        tickets = self._waiting.pop(client)
+        ticket = tickets.popleft()
+        if tickets:  # this client's next request goes to the back of the line
+            self._waiting[client] = tickets
+        self._last_client = client
+        self._running = ticket
+        self._send(_Generate(ticket.request_id, ticket.request))
+
+    def _finish(self, ticket: Ticket) -> None:
+        ticket.done = True
+        self._tickets.pop(ticket.request_id, None)
+
+    def _fail_all(self, message: str, crashed: bool) -> None:
+        with self._lock:
+            tickets = list(self._tickets.values())
+            for ticket in tickets:
+                self._finish(ticket)
+            running = self._running
+            self._waiting.clear()
+            self._running = None
+        for ticket in tickets:
+            ticket.on_event(ReplyFailed(ticket.request_id, message, crashed and ticket is running))
+        if tickets:
+            self._notify_queue()
+
+    def _notify_queue(self) -> None:
+        self._notify(self.queue_state())
+
+    def _notify(self, event: HostEvent) -> None:
+        with self._lock:
+            listeners = list(self._listeners)
+        for listener in listeners:
+            try:
+                listener(event)
+            except Exception:
+                log.exception("a model host listener failed on %s", type(event).__name__)
+
+
+# -- the child process ----------------------------------------------------------------------
+
+
+class _Child:
+    """Runs in ``python -m engine.host``: one Session, commands in order, cancels at once."""
+
+    def __init__(self, conn: Connection) -> None:
+        from engine.session import Session
+
+        self.conn = conn
+        self.send_lock = threading.Lock()
+        self.commands: queue.Queue[object] = queue.Queue()
+        self.cancel = threading.Event()
+        self.tune_cancel = threading.Event()
+        self.closing = threading.Event()
+        self.cancel_lock = threading.Lock()
+        self.current: int | None = None
+        self.cancelled: set[int] = set()
+        self.session: Session | None = None
+        self.loaded: _Load | None = None
+        self.profiling = False
+        self.heat_sent_at = 0.0
+        self.progress_sent = -1.0
+
+    def send(self, event: object) -> None:
+        with self.send_lock:
+            self.conn.send(event)
+
+    def read(self) -> None:
+        """The reader thread: cancels take effect at once, the rest waits its turn."""
+        while True:
+            try:
+                command = self.conn.recv()
+            except (EOFError, OSError):  # the app is gone: stop too
+                command = _Shutdown()
+            if isinstance(command, _Cancel):
+                with self.cancel_lock:
+                    if command.request_id == self.current:
+                        self.cancel.set()
+                    else:
+                        self.cancelled.add(command.request_id)
+                continue
+            if isinstance(command, _CancelTune):
+                self.tune_cancel.set()
+                continue
+            if isinstance(command, _Shutdown):
+                self.cancel.set()
+                self.tune_cancel.set()
+                self.closing.set()
+            self.commands.put(command)
+            if isinstance(command, _Shutdown):
+                return
+
+    def run(self) -> None:
+        threading.Thread(target=self.read, name="host-commands", daemon=True).start()
+        while True:
+            command = self.commands.get()
+            if isinstance(command, _Shutdown):
+                break
+            try:
+                self.handle(command)
+            except (OSError, EOFError):  # the app went away mid-send
+                break
+        self.free()
+
+    def handle(self, command: object) -> None:
+        if isinstance(command, _Load):
+            self.load(command)
+        elif isinstance(command, _Generate):
+            self.generate(command)
+        elif isinstance(command, _Unload):
+            self.free()
+            self.send(ModelUnloaded())
+        elif isinstance(command, _SetProfiling):
+            self.set_profiling(command.on)
+        elif isinstance(command, _Tune):
+            self.tune()
+
+    # -- loading ---------------------------------------------------------------------------
+
+    def load(self, command: _Load) -> None:
+        from engine.session import LoadSettings
+        from engine.tuner import Tuning, open_planned
+
+        self.free()
+        self.send(LoadStarted(command.path))
+        self.progress_sent = -1.0
+        try:
+            session, choice = open_planned(
+                command.path, LoadSettings(n_ctx=command.n_ctx), on_progress=self.on_progress
+            )
+        except Exception as exc:
+            log.warning("loading %s failed", command.path, exc_info=not _expected(exc))
+            self.send(LoadFailed(user_message(exc)))
+            return
+        self.session, self.loaded = session, command
+        if self.profiling:
+            self.start_profiling()
+        from engine.heat import model_key
+        from engine.session import memory_snapshot
+
+        info, placement = session.info, session.placement
+        plan = choice.plan if choice.plan.runs else None
+        self.send(
+            ModelLoaded(
+                LoadedModel(
+                    path=command.path,
+                    name=info.name,
+                    architecture=info.architecture,
+                    file_type=info.file_type,
+                    n_layers=info.n_layers,
+                    n_experts=info.n_experts,
+                    n_experts_used=info.n_experts_used,
+                    n_ctx=session.n_ctx,
+                    reply_format=session.reply_format,
+                    placement=placement.label,
+                    gpu_expert_layers=tuple(placement.gpu_expert_layers),
+                    partial_expert_layer=placement.partial_expert_layer,
+                    partial_gpu_share=placement.partial_gpu_share,
+                    device_bytes=session.load_report.device_totals(),
+                    rss_bytes=memory_snapshot()[0],
+                    predicted_generation_tokens_per_s=plan.decode_tokens_per_s if plan else None,
+                    predicted_prompt_tokens_per_s=plan.prompt_tokens_per_s if plan else None,
+                    tuned=choice.tuned,
+                    tuning=Tuning.load(model_key(session.path), choice.machine_key),
+                )
+            )
+        )
+
+    def on_progress(self, fraction: float) -> bool:
+        if fraction - self.progress_sent >= 0.01 or fraction >= 1.0:
+            self.progress_sent = fraction
+            self.send(LoadProgressed(fraction))
+        return not self.closing.is_set()
+
+    def free(self) -> None:
+        if self.session is not None:
+            self.save_heat()
+            self.session.close()
+            self.session = None
+
+    # -- replies ---------------------------------------------------------------------------
+
+    def generate(self, command: _Generate) -> None:
+        request_id, request = command.request_id, command.request
+        with self.cancel_lock:
+            self.current = request_id
+            self.cancel.clear()
+            if request_id in self.cancelled:
+                self.cancelled.discard(request_id)
+                self.cancel.set()
+        try:
+            self._generate(request_id, request)
+        finally:
+            with self.cancel_lock:
+                self.current = None
+
+    def _generate(self, request_id: int, request: Request) -> None:
+        session = self.session
+        if session is None:
+            self.send(ReplyFailed(request_id, "No model is loaded. Open a model first."))
+            return
+        self.send(ReplyStarted(request_id))
+        self.heat_sent_at = 0.0  # the heat map moves with the reply's first piece
+        pending: list[Piece] = []
+        last_flush = 0.0  # the first piece goes out at once
+        try:
+            if isinstance(request, ChatRequest):
+                messages = [m.as_message() for m in request.messages]
+                pieces = session.stream(messages, request.sampling, self.cancel, request.options)
+            else:
+                pieces = session.complete(request.prompt, request.sampling, self.cancel)
+            for piece in pieces:
+                pending.append(piece)
+                now = time.perf_counter()
+                if now - last_flush >= FLUSH_INTERVAL_S:
+                    last_flush = now
+                    self.flush(request_id, pending)
+            self.flush(request_id, pending)
+        except Exception as exc:
+            log.warning("reply failed", exc_info=not _expected(exc))
+            self.flush(request_id, pending)  # what was generated is kept
+            self.send(ReplyFailed(request_id, user_message(exc)))
+            return
+        if session.heat is not None:  # the panel is current by the time the reply is done
+            self.save_heat()  # a crash later loses no counts of this reply
+            self.emit_heat()
+        stats = replace(session.last_stats)
+        self.send(ReplyFinished(request_id, stats, profiling=session.heat is not None))
+
+    def flush(self, request_id: int, pending: list[Piece]) -> None:
+        if not pending or self.session is None:
+            return
+        merged: list[Piece] = []  # one piece per run of the same channel, in order
+        for piece in pending:
+            if merged and merged[-1].channel is piece.channel:
+                merged[-1] = Piece(merged[-1].text + piece.text, piece.channel)
+            else:
+                merged.append(piece)
+        pending.clear()
+        stats = self.session.last_stats
+        self.send(
+            ReplyPieces(
+                request_id,
+                tuple(merged),
+                stats.generated_tokens,
+                stats.generation_tokens_per_s,
+                stats.time_to_first_token,
+            )
+        )
+        self.emit_heat(force=False)
+
+    # -- heat and tuning -------------------------------------------------------------------
+
+    def set_profiling(self, on: bool) -> None:
+        self.profiling = on
+        session = self.session
+        if session is None:
+            return
+        if on:
+            self.start_profiling()
+        elif session.heat is not None:
+            self.save_heat()
+            session.set_heat(None)
+
+    def start_profiling(self) -> None:
+        from engine.heat import profile_for
+
+        session = self.session
+        if session is None or session.info.n_experts < 2 or session.heat is not None:
+            return
+        info = session.info
+        try:
+            session.set_heat(
+                profile_for(session.path, info.n_layers, info.n_experts, info.n_experts_used)
+            )
+        except (OSError, MoeChatError) as exc:  # the file went away, or no context fits
+            log.warning("could not start counting expert routing: %s", exc)
+            return
+        self.emit_heat()
+
+    def save_heat(self) -> None:
+        """Keep the counts on disk; a full disk costs the file, never the reply."""
+        session = self.session
+        if session is None or session.heat is None:
+            return
+        try:
+            session.heat.save()
+        except (OSError, MoeChatError) as exc:
+            log.warning("could not save the expert heat of %s: %s", session.path, exc)
+
+    def emit_heat(self, force: bool = True) -> None:
+        heat = self.session.heat if self.session is not None else None
+        now = time.perf_counter()
+        if heat is None or (not force and now - self.heat_sent_at < HEAT_INTERVAL_S):
+            return
+        self.heat_sent_at = now
+        self.send(HeatUpdated(heat.copy()))
+
+    def tune(self) -> None:
+        from engine.tuner import TuningCancelled
+        from engine.tuner import tune as measure
+
+        loaded, session = self.loaded, self.session
+        if loaded is None or session is None:
+            self.send(TuneFailed("No model is loaded, so there is nothing to tune."))
+            return
+        name = session.info.name
+        self.tune_cancel.clear()
+        self.free()
+        self.send(ModelUnloaded())
+        self.send(TuneStarted(name))
+        result = None
+        try:
+            result = measure(
+                loaded.path,
+                loaded.n_ctx,
+                on_progress=lambda f, m: self.send(TuneProgressed(f, m)),
+                cancel=self.tune_cancel,
+            )
+        except TuningCancelled:
+            pass
+        except Exception as exc:
+            log.warning("tuning %s failed", loaded.path, exc_info=not _expected(exc))
+            self.send(TuneFailed(f"Tuning stopped: {user_message(exc)}"))
+        self.send(TuneFinished(result))
+        if not self.closing.is_set():
+            self.load(loaded)
+
+
+def _expected(exc: BaseException) -> bool:
+    return isinstance(exc, MoeChatError)
+
+
+def _child_main(address: str) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    authkey = bytes.fromhex(sys.stdin.readline().strip())
+    conn = Client(address, authkey=authkey)
+    _Child(conn).run()
+    conn.close()
+    return 0
+
+
+if __name__ == "__main__":
+    # Run the module's own copy, not __main__'s: messages pickle as engine.host classes.
+    from engine.host import _child_main as main
+
+    sys.exit(main(sys.argv[1]))
