@@ -133,6 +133,7 @@ class ChatWindow(QMainWindow):
         self._reply_saved_at = 0.0
         self._generating = False
         self._tuning = False
+        self.sampling = SamplingSettings()  # how replies are sampled (fixed until settings)
 
         self._build_ui()
         self._start_host()
@@ -606,7 +607,7 @@ class ChatWindow(QMainWindow):
         self._reply_saved_at = time.monotonic()
         self._render_conversation()  # ends with the empty reply; pieces are appended to it
         self._set_generating(True)
-        self.worker.generate(ChatRequest(chat, SamplingSettings()))
+        self.worker.generate(ChatRequest(chat, self.sampling))
 
     @Slot()
     def stop(self) -> None:

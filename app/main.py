@@ -62,7 +62,15 @@ def _install_excepthook() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="moe-chat", description="Chat with a local MoE model.")
+    args_in = sys.argv[1:] if argv is None else argv
+    if args_in[:1] == ["serve"]:  # the API without a window: `moe-chat serve MODEL.gguf`
+        from engine.server import serve_main
+
+        return serve_main(args_in[1:])
+    parser = argparse.ArgumentParser(
+        prog="moe-chat",
+        description="Chat with a local MoE model. `moe-chat serve --help`: the local API alone.",
+    )
     parser.add_argument("--self-test", action="store_true", help="headless engine check, then exit")
     parser.add_argument("--version", action="version", version=f"moe-chat {package_version()}")
     parser.add_argument("model", nargs="?", help="a .gguf file to load at start")

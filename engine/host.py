@@ -102,6 +102,7 @@ class LoadedModel:
     n_experts: int
     n_experts_used: int
     n_ctx: int
+    n_threads: int
     reply_format: ReplyFormat
     placement: str  # the placement's label
     gpu_expert_layers: tuple[int, ...]
@@ -202,6 +203,15 @@ class QueueChanged:
 
 
 @dataclass(frozen=True)
+class RequestEnded:
+    """Any client's request is over (for whoever shows the queue: the window shows the API's)."""
+
+    info: RequestInfo
+    stop_reason: str  # the Stats' stop reason, or "failed"
+    generated_tokens: int = 0
+
+
+@dataclass(frozen=True)
 class ReplyStarted:
     request_id: int
 
@@ -243,6 +253,7 @@ HostEvent = Union[  # noqa: UP007
     TuneFailed,
     EngineCrashed,
     QueueChanged,
+    RequestEnded,
 ]
 
 
@@ -486,6 +497,7 @@ class ModelHost:
                 del self._waiting[ticket.info.client]
             self._finish(ticket)
         ticket.on_event(ReplyFailed(ticket.request_id, "Cancelled before it started."))
+        self._notify(RequestEnded(ticket.info, "cancelled"))
         self._notify_queue()
 
     def stream(
@@ -634,6 +646,11 @@ class ModelHost:
                     self._running = None
                     self._dispatch()
             ticket.on_event(event)
+            if isinstance(event, ReplyFinished):
+                stats = event.stats
+                self._notify(RequestEnded(ticket.info, stats.stop_reason, stats.generated_tokens))
+            elif isinstance(event, ReplyFailed):
+                self._notify(RequestEnded(ticket.info, "failed"))
             if isinstance(event, (ReplyFinished, ReplyFailed)):
                 self._notify_queue()
             return
@@ -725,6 +742,7 @@ class ModelHost:
             self._running = None
         for ticket in tickets:
             ticket.on_event(ReplyFailed(ticket.request_id, message, crashed and ticket is running))
+            self._notify(RequestEnded(ticket.info, "failed"))
         if tickets:
             self._notify_queue()
 
@@ -840,7 +858,7 @@ class _Child:
         if self.profiling:
             self.start_profiling()
         from engine.heat import model_key
-        from engine.session import memory_snapshot
+        from engine.session import default_threads, memory_snapshot
 
         info, placement = session.info, session.placement
         plan = choice.plan if choice.plan.runs else None
@@ -855,6 +873,7 @@ class _Child:
                     n_experts=info.n_experts,
                     n_experts_used=info.n_experts_used,
                     n_ctx=session.n_ctx,
+                    n_threads=session.settings.n_threads or default_threads(),
                     reply_format=session.reply_format,
                     placement=placement.label,
                     gpu_expert_layers=tuple(placement.gpu_expert_layers),

@@ -1,11 +1,13 @@
 """The chat window, driven offscreen through its real widgets, with the real engine behind it.
 
-Tests wait on the window's own signals, which fire on the GUI thread; the worker's signals
-fire on the inference thread, where pytest-qt's waiting and clicking must not run.
+Tests wait on the window's own signals, which fire on the GUI thread once the window has
+taken in what the model host (a child process) reported.
 """
 
 from __future__ import annotations
 
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,6 +19,7 @@ from pytestqt.qtbot import QtBot
 from app.about import AboutDialog
 from app.chat_window import LAST_MODEL_KEY, ChatWindow
 from engine import package_version
+from engine.host import LoadedModel
 from engine.store import Store
 from tests.helpers.windows import close
 
@@ -31,7 +34,7 @@ def open_window(qtbot: QtBot, autoload: bool = False) -> ChatWindow:
     return window
 
 
-def load(qtbot: QtBot, window: ChatWindow, path: Path) -> dict:
+def load(qtbot: QtBot, window: ChatWindow, path: Path) -> LoadedModel:
     with qtbot.waitSignal(window.model_ready, timeout=LOAD_TIMEOUT_MS) as blocker:
         window.load_model(str(path))
     return blocker.args[0]
@@ -89,6 +92,40 @@ def test_stop_halts_the_reply(qtbot: QtBot, synthetic_model: Path) -> None:
     assert "stopped" in window.view.toPlainText()
     [reply] = [m for m in window.store.messages(window._conversation_id) if m.role == "assistant"]
     assert reply.complete and reply.stats["stop_reason"] == "cancelled"
+    close(window)
+
+
+def test_a_killed_engine_keeps_the_partial_reply_and_offers_to_load_again(
+    qtbot: QtBot, synthetic_model: Path
+) -> None:
+    window = open_window(qtbot)
+    load(qtbot, window, synthetic_model)
+    pid = window.host.pid
+    shown: list[str] = []
+
+    def on_piece(piece: str) -> None:
+        shown.append(piece)
+        if len(shown) == 1:  # the reply is streaming: the engine dies under it
+            os.kill(pid, signal.SIGKILL)
+
+    window.piece_shown.connect(on_piece)
+    with qtbot.waitSignal(window.model_failed, timeout=LOAD_TIMEOUT_MS) as failed:
+        type_and_send(qtbot, window, "tell me a long story")
+    assert "engine stopped unexpectedly" in failed.args[0]
+    assert window.error_banner.isVisible() and "signal 9" in window.error_label.text()
+    assert window.reload_button.isVisible()
+    assert window.send_button.isEnabled() and not window.stop_button.isEnabled()
+    [question, reply] = window.store.messages(window._conversation_id)
+    assert question.content == "tell me a long story"
+    assert reply.content.strip() and "".join(shown).strip().startswith(reply.content.strip()[:8])
+    assert not reply.complete and "interrupted" in window.view.toPlainText()
+
+    with qtbot.waitSignal(window.model_ready, timeout=LOAD_TIMEOUT_MS):
+        qtbot.mouseClick(window.reload_button, Qt.MouseButton.LeftButton)
+    assert window.host.pid not in (None, pid) and not window.error_banner.isVisible()
+    with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
+        type_and_send(qtbot, window, "go on")
+    assert len(window.store.messages(window._conversation_id)) == 4
     close(window)
 
 
