@@ -39,10 +39,12 @@ from PySide6.QtWidgets import (
 )
 
 from app.about import AboutDialog
+from app.api_control import ApiControl
 from app.background import run_in_background
 from app.downloads import Downloads, describe
 from app.experts_panel import ExpertsPanel
 from app.model_manager import CONTEXT_KEY, MEASURED_KEY, ModelManager
+from app.settings_dialog import SettingsDialog
 from app.worker import WINDOW_CLIENT, HostAdapter
 from engine.downloads import DownloadEvent
 from engine.host import ChatMessage, ChatRequest, EngineCrashed, LoadedModel, QueueChanged
@@ -137,6 +139,9 @@ class ChatWindow(QMainWindow):
 
         self._build_ui()
         self._start_host()
+        self.api = ApiControl(self.store, self.worker.host, self)
+        self.api.changed.connect(self._on_api_changed)
+        self.api.failed.connect(self.show_error)
         self.downloads.changed.connect(self._on_downloads_changed)
         self._refresh_conversations()
         self._memory_timer = QTimer(self)
@@ -146,6 +151,7 @@ class ChatWindow(QMainWindow):
         self._on_memory_timer_timeout()
 
         self._manager: ModelManager | None = None
+        self.api.start_saved()
         remembered = self.store.get_setting(LAST_MODEL_KEY)
         if first_run_models and not remembered:
             QTimer.singleShot(0, self.open_model_manager)
@@ -265,6 +271,14 @@ class ChatWindow(QMainWindow):
         self.queue_label = QLabel()
         self.queue_label.setObjectName("statLabel")
         status.addWidget(self.queue_label)
+        self.server_label = QLabel()
+        self.server_label.setObjectName("serverLabel")
+        self.server_label.setToolTip(
+            "The local OpenAI-compatible API: other programs' requests wait in the same queue "
+            "as yours. File → Settings turns it off."
+        )
+        self.server_label.hide()
+        status.addPermanentWidget(self.server_label)
         for label in (self.speed_label, self.ttft_label, self.ram_label, self.vram_label):
             label.setObjectName("statLabel")
             status.addPermanentWidget(label)
@@ -275,6 +289,10 @@ class ChatWindow(QMainWindow):
             "&Open model…", QKeySequence.StandardKey.Open, self._on_open_button_clicked
         )
         file_menu.addAction("&Models…", QKeySequence("Ctrl+M"), self.open_model_manager)
+        settings_action = file_menu.addAction(
+            "&Settings…", QKeySequence("Ctrl+,"), self.open_settings
+        )
+        settings_action.setMenuRole(QAction.MenuRole.PreferencesRole)
         file_menu.addSeparator()
         quit_action = file_menu.addAction("&Quit", QKeySequence.StandardKey.Quit, self.close)
         quit_action.setMenuRole(QAction.MenuRole.QuitRole)
@@ -335,12 +353,24 @@ class ChatWindow(QMainWindow):
     def open_model_manager(self) -> ModelManager:
         """Show the model manager (one at a time); a model chosen there is loaded here."""
         if self._manager is None:
-            self._manager = ModelManager(self.store, self.downloads, self)
+            self._manager = ModelManager(self.store, self.downloads, self, self.api)
             self._manager.model_chosen.connect(self.load_model)
             self._manager.finished.connect(self._on_manager_finished)
         self._manager.show()
         self._manager.raise_()
         return self._manager
+
+    @Slot()
+    def open_settings(self) -> SettingsDialog:
+        dialog = SettingsDialog(self.downloads, self, self.api)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.open()
+        return dialog
+
+    @Slot(str)
+    def _on_api_changed(self, address: str) -> None:
+        self.server_label.setText(f"API {address}/v1" if address else "")
+        self.server_label.setVisible(bool(address))
 
     @Slot()
     def open_experts(self) -> ExpertsPanel:
@@ -710,7 +740,7 @@ class ChatWindow(QMainWindow):
         running = queue.running
         parts = []
         if running is not None and running.client != WINDOW_CLIENT:
-            parts.append(f"API: replying to {running.client}")
+            parts.append(f"API: replying to {running.client.removeprefix('API ')}")
         if api_waiting:
             parts.append(f"{api_waiting} API request{'s' if api_waiting > 1 else ''} waiting")
         ours_waiting = any(r.client == WINDOW_CLIENT for r in queue.waiting)
@@ -762,6 +792,7 @@ class ChatWindow(QMainWindow):
         self._memory_timer.stop()
         if self._reply_id is not None:
             self.store.update_reply(self._reply_id, self._reply_text, self._reply_reasoning)
+        self.api.stop()  # open streams end; their generations are cancelled
         self.worker.close()  # the engine's process frees the model and ends
         super().closeEvent(event)
 

@@ -27,6 +27,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.api_control import ApiControl
 from app.background import run_in_background
 from app.downloads import Downloads, DownloadsPanel, action_text, catalog_key
 from app.settings_dialog import SettingsDialog
@@ -115,8 +116,15 @@ class ModelManager(QDialog):
     memory_checked = Signal(str)
     imported = Signal(str)  # path, or "" when the import failed
 
-    def __init__(self, store: Store, downloads: Downloads, parent: QWidget | None = None) -> None:
+    def __init__(
+        self,
+        store: Store,
+        downloads: Downloads,
+        parent: QWidget | None = None,
+        api: ApiControl | None = None,
+    ) -> None:
         super().__init__(parent)
+        self.api = api  # the local API's settings live in the same Settings dialog
         self.setWindowTitle("Models")
         self.resize(1180, 860)
         self.store = store
@@ -616,7 +624,7 @@ class ModelManager(QDialog):
 
     @Slot()
     def open_settings(self) -> SettingsDialog:
-        dialog = SettingsDialog(self.downloads, self)
+        dialog = SettingsDialog(self.downloads, self, self.api)
         dialog.accepted.connect(self.downloads_panel.refresh_offline)
         dialog.accepted.connect(self._refill_local)
         dialog.open()

@@ -1,8 +1,10 @@
-"""Settings for downloads: Hugging Face token, Hub address, offline mode, models folder."""
+"""Settings: downloads (Hugging Face token, Hub address, offline mode, models folder) and the
+local API for other programs."""
 
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 from PySide6.QtCore import Signal, Slot
@@ -16,14 +18,17 @@ from PySide6.QtWidgets import (
     QLabel,
     QLineEdit,
     QPushButton,
+    QSpinBox,
     QVBoxLayout,
     QWidget,
 )
 
+from app.api_control import ApiControl
 from app.background import run_in_background
 from app.downloads import Downloads
 from engine.downloads import offline_by_environment
 from engine.library import HubSettings
+from engine.server import ServerConfig, ServerError, check_config
 
 
 class SettingsDialog(QDialog):
@@ -31,8 +36,11 @@ class SettingsDialog(QDialog):
 
     moved = Signal(str)  # the new folder, or "" when the move failed
 
-    def __init__(self, downloads: Downloads, parent: QWidget | None = None) -> None:
+    def __init__(
+        self, downloads: Downloads, parent: QWidget | None = None, api: ApiControl | None = None
+    ) -> None:
         super().__init__(parent)
+        self.api = api
         self.setWindowTitle("Settings")
         self.setMinimumWidth(620)
         self.downloads = downloads
@@ -82,6 +90,8 @@ class SettingsDialog(QDialog):
         folder_row.addWidget(browse)
         form.addRow("Models folder", folder_row)
         layout.addLayout(form)
+        if api is not None:
+            layout.addWidget(self._api_section(api))
 
         self.message = QLabel(self)
         self.message.setObjectName("warningLabel")
@@ -94,6 +104,75 @@ class SettingsDialog(QDialog):
         self.buttons.rejected.connect(self.reject)
         layout.addWidget(self.buttons)
 
+    def _api_section(self, api: ApiControl) -> QWidget:
+        enabled, config = api.saved()
+        box = QWidget(self)
+        form = QFormLayout(box)
+        form.setContentsMargins(0, 8, 0, 0)
+        self.api_enabled = QCheckBox("Serve the loaded model to other programs", box)
+        self.api_enabled.setChecked(enabled)
+        self.api_enabled.setAccessibleName("Local API server")
+        form.addRow("Local API", self.api_enabled)
+        address_row = QHBoxLayout()
+        self.api_host = QLineEdit(config.host, box)
+        self.api_host.setAccessibleName("API address")
+        self.api_port = QSpinBox(box)
+        self.api_port.setRange(1, 65535)
+        self.api_port.setValue(config.port or 1234)
+        self.api_port.setAccessibleName("API port")
+        address_row.addWidget(self.api_host, 1)
+        address_row.addWidget(QLabel("port", box))
+        address_row.addWidget(self.api_port)
+        form.addRow("Listen on", address_row)
+        key_row = QHBoxLayout()
+        self.api_key = QLineEdit(config.api_key or "", box)
+        self.api_key.setEchoMode(QLineEdit.EchoMode.PasswordEchoOnEdit)
+        self.api_key.setPlaceholderText("none: any program on this computer may use it")
+        self.api_key.setAccessibleName("API key")
+        generate = QPushButton("New key", box)
+        generate.clicked.connect(
+            lambda: self.api_key.setText("sk-local-" + secrets.token_urlsafe(24))
+        )
+        key_row.addWidget(self.api_key, 1)
+        key_row.addWidget(generate)
+        form.addRow("API key", key_row)
+        self.api_origins = QLineEdit(" ".join(config.allowed_origins), box)
+        self.api_origins.setPlaceholderText("none: web pages cannot call it (CORS off)")
+        self.api_origins.setAccessibleName("Allowed web origins")
+        form.addRow("Web origins", self.api_origins)
+        note = QLabel(
+            "OpenAI-compatible: point a client at http://ADDRESS:PORT/v1. Its requests wait in "
+            "the same queue as your chats. Any address other than 127.0.0.1 lets other "
+            "computers use the model, so it needs a key (sent as “Authorization: Bearer KEY”).",
+            box,
+        )
+        note.setWordWrap(True)
+        form.addRow("", note)
+        return box
+
+    def _save_api(self) -> bool:
+        """Apply the API settings; False (with the reason shown) when they cannot be used."""
+        if self.api is None:
+            return True
+        config = ServerConfig(
+            host=self.api_host.text().strip() or "127.0.0.1",
+            port=self.api_port.value(),
+            api_key=self.api_key.text().strip() or None,
+            allowed_origins=tuple(self.api_origins.text().replace(",", " ").split()),
+        )
+        enabled = self.api_enabled.isChecked()
+        try:
+            check_config(config)
+        except ServerError as exc:
+            if enabled:
+                self.message.setText(str(exc))
+                return False
+        if (enabled, config) == self.api.saved() and (self.api.address or not enabled):
+            return True
+        error = self.api.apply(enabled, config)
+        self.message.setText(f"The local API did not start: {error}" if error else "")
+        return not error
+
     @Slot()
     def _on_browse_clicked(self) -> None:
         folder = QFileDialog.getExistingDirectory(self, "Models folder", self.models_dir.text())
@@ -102,7 +181,10 @@ class SettingsDialog(QDialog):
 
     @Slot()
     def save(self) -> None:
-        """Save the Hub settings and token; then move the models folder if it changed."""
+        """Save the Hub settings and token and apply the API's; then move the models folder
+        if it changed."""
+        if not self._save_api():
+            return
         if self.clear_token.isChecked():
             self.library.save_token(None)
         elif self.token.text().strip():

@@ -10,6 +10,8 @@ xvfb=$!
 trap 'kill $app $xvfb 2>/dev/null; rm -rf "$home"' EXIT
 sleep 1
 export DISPLAY=:95 MOE_CHAT_HOME="$home" QT_QPA_PLATFORM=xcb
+# The local API on (Settings → Local API), so the status bar shows its address.
+.venv/bin/python -c 'from engine.store import Store; Store().set_setting("api_server", {"enabled": True})'
 .venv/bin/moe-chat "$model" >/dev/null 2>&1 &
 app=$!
 window=$(xdotool search --sync --onlyvisible --name '^MoE Chat$' | head -1)
