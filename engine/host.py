@@ -48,6 +48,7 @@ FLUSH_INTERVAL_S = 0.05
 # The heat map needs no more; while profiling the engine calls Python per graph node.
 HEAT_INTERVAL_S = 0.5
 START_TIMEOUT_S = 60.0
+KEY_ENV = "MOE_CHAT_HOST_KEY"  # the child's half of the connection's authentication
 MAX_WAITING = 32  # requests waiting beyond this are refused (HostBusy: try again later)
 
 
@@ -555,16 +556,15 @@ class ModelHost:
             return
         authkey = secrets.token_bytes(32)
         listener = Listener(authkey=authkey)
+        # The key goes by environment (a windowed bundle has no stdin); the child drops it.
         proc = subprocess.Popen(
             [sys.executable, "-m", "engine.host", str(listener.address)],
-            stdin=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=dict(os.environ, PYTHONUNBUFFERED="1", **{KEY_ENV: authkey.hex()}),
         )
-        assert proc.stdin is not None and proc.stderr is not None
-        proc.stdin.write(authkey.hex().encode() + b"\n")
-        proc.stdin.close()
+        assert proc.stderr is not None
         accepted: list[Connection] = []
         errors: list[BaseException] = []
 
@@ -1056,7 +1056,7 @@ def _expected(exc: BaseException) -> bool:
 
 def _child_main(address: str) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    authkey = bytes.fromhex(sys.stdin.readline().strip())
+    authkey = bytes.fromhex(os.environ.pop(KEY_ENV))
     conn = Client(address, authkey=authkey)
     _Child(conn).run()
     conn.close()

@@ -11,6 +11,8 @@ from typing import TextIO
 
 from engine.errors import MoeChatError
 
+TIMEOUT_S = 120
+
 
 def run(out: TextIO = sys.stdout) -> int:
     """Build the synthetic MoE, load it, generate a short reply and print the stats.
@@ -23,7 +25,15 @@ def run(out: TextIO = sys.stdout) -> int:
         from engine import package_version
         from engine.devices import engine_build, list_devices
         from engine.hardware import probe_engine
-        from engine.session import SamplingSettings, Session
+        from engine.host import (
+            ChatMessage,
+            ChatRequest,
+            ModelHost,
+            ReplyFailed,
+            ReplyFinished,
+            ReplyPieces,
+        )
+        from engine.session import SamplingSettings
         from engine.synthetic import build_synthetic_moe
 
         print(f"moe-chat {package_version()}, Python {platform.python_version()}", file=out)
@@ -38,20 +48,31 @@ def run(out: TextIO = sys.stdout) -> int:
         print("hardware probe (child process): ok", file=out)
         with tempfile.TemporaryDirectory(prefix="moe-chat-selftest-") as tmp:
             path = build_synthetic_moe(Path(tmp) / "synthetic-moe.gguf")
-            with Session(path) as session:
-                info = session.info
+            # The model runs where the app runs it: in the host's child process.
+            with ModelHost() as host:
+                host.load(path, 2048)
+                info = host.wait_loaded(TIMEOUT_S)
                 print(
                     f"model: {info.name}, {info.architecture}, {info.n_layers} layers, "
-                    f"{info.n_experts} experts ({info.n_experts_used} used)",
+                    f"{info.n_experts} experts ({info.n_experts_used} used), in process "
+                    f"{host.pid} (the model host)",
                     file=out,
                 )
-                sampling = SamplingSettings(seed=7, max_tokens=24)
-                reply = session.chat([{"role": "user", "content": "hello"}], sampling)
-        stats = reply.stats
-        if stats.generated_tokens == 0 or not reply.text.strip():
+                request = ChatRequest(
+                    (ChatMessage("user", "hello"),), SamplingSettings(seed=7, max_tokens=24)
+                )
+                events = list(host.stream(request, "self-test", timeout=TIMEOUT_S))
+        last = events[-1]
+        if isinstance(last, ReplyFailed):
+            print(f"self-test FAILED: {last.message}", file=out)
+            return 1
+        assert isinstance(last, ReplyFinished)
+        stats = last.stats
+        text = "".join(p.text for e in events if isinstance(e, ReplyPieces) for p in e.pieces)
+        if stats.generated_tokens == 0 or not text.strip():
             print("self-test FAILED: the model produced no reply", file=out)
             return 1
-        print(f"reply: {reply.text.strip()!r}", file=out)
+        print(f"reply: {text.strip()!r}", file=out)
         print(
             f"stats: {stats.generated_tokens} tokens, "
             f"{stats.generation_tokens_per_s:.1f} tokens/s, "
