@@ -349,6 +349,7 @@ class ModelHost:
         self._listeners: list[Callable[[HostEvent], None]] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._conn: Connection | None = None
+        self._outbox: list[object] = []  # commands sent while the child is connecting
         self._reader: threading.Thread | None = None
         self._stderr_tail: deque[str] = deque(maxlen=40)
         self._state = HostState.EMPTY
@@ -410,7 +411,7 @@ class ModelHost:
 
     def unload(self) -> None:
         with self._lock:
-            if self._conn is None:
+            if self._proc is None:
                 return
             self._cancel_running()
             self._send(_Unload())
@@ -436,8 +437,7 @@ class ModelHost:
         """Count expert routing into the model file's heat profile from now on, or stop."""
         with self._lock:
             self._profiling = on
-            if self._conn is not None:
-                self._send(_SetProfiling(on))
+            self._send(_SetProfiling(on))
 
     def tune(self) -> None:
         """Measure the loaded model's candidate splits (TuneStarted … TuneFinished), then
@@ -451,8 +451,7 @@ class ModelHost:
 
     def cancel_tune(self) -> None:
         with self._lock:
-            if self._conn is not None:
-                self._send(_CancelTune())
+            self._send(_CancelTune())
 
     # -- requests --------------------------------------------------------------------------
 
@@ -527,10 +526,8 @@ class ModelHost:
             if self._state is HostState.CLOSED:
                 return
             self._state = HostState.CLOSED
-            proc, conn, reader = self._proc, self._conn, self._reader
-            if conn is not None:
-                with contextlib.suppress(OSError):
-                    self._send(_Shutdown())
+            proc, reader = self._proc, self._reader
+            self._send(_Shutdown())
         if proc is not None:
             try:
                 proc.wait(timeout)
@@ -552,7 +549,9 @@ class ModelHost:
     # -- inside ----------------------------------------------------------------------------
 
     def _start_child(self) -> None:
-        if self._proc is not None and self._proc.poll() is None and self._conn is not None:
+        """Start the engine's process unless it runs; returns at once. Commands sent before
+        it has connected wait in the outbox, in order."""
+        if self._proc is not None and self._proc.poll() is None:
             return
         authkey = secrets.token_bytes(32)
         listener = Listener(authkey=authkey)
@@ -564,53 +563,75 @@ class ModelHost:
             stderr=subprocess.PIPE,
             env=dict(os.environ, PYTHONUNBUFFERED="1", **{KEY_ENV: authkey.hex()}),
         )
-        assert proc.stderr is not None
+        self._proc, self._conn, self._outbox = proc, None, []
+        self._stderr_tail.clear()
+        threading.Thread(
+            target=self._read_stderr, args=(proc,), name="host-stderr", daemon=True
+        ).start()
+        threading.Thread(
+            target=self._connect, args=(listener, authkey, proc), name="host-connect", daemon=True
+        ).start()
+        if self._profiling:
+            self._send(_SetProfiling(True))
+
+    def _connect(self, listener: Listener, authkey: bytes, proc: subprocess.Popen[bytes]) -> None:
+        """Wait for the new child to connect, then send what waited and read its events."""
         accepted: list[Connection] = []
-        errors: list[BaseException] = []
 
         def accept() -> None:
-            try:
+            with contextlib.suppress(Exception):  # a child that failed the handshake
                 accepted.append(listener.accept())
-            except Exception as exc:  # a child that failed the handshake
-                errors.append(exc)
 
         acceptor = threading.Thread(target=accept, name="host-accept", daemon=True)
         acceptor.start()
         deadline = time.monotonic() + START_TIMEOUT_S
         while acceptor.is_alive() and proc.poll() is None and time.monotonic() < deadline:
             acceptor.join(0.05)
-        if not accepted:
-            if acceptor.is_alive():  # unblock accept() with a connection of our own
-                with contextlib.suppress(Exception):
-                    Client(listener.address, authkey=authkey).close()
-                acceptor.join(5)
-            proc.kill()
-            detail = proc.stderr.read().decode("utf-8", "replace").strip().splitlines()
-            listener.close()
-            raise ModelLoadError(
-                "The engine process did not start" + (f": {detail[-1]}" if detail else "."),
-                "Reinstall the app if this keeps happening.",
-            )
+        if acceptor.is_alive():  # unblock accept() with a connection of our own
+            with contextlib.suppress(Exception):
+                Client(listener.address, authkey=authkey).close()
+            acceptor.join(5)
         listener.close()
-        self._proc, self._conn = proc, accepted[0]
-        self._stderr_tail.clear()
-        threading.Thread(
-            target=self._read_stderr, args=(proc,), name="host-stderr", daemon=True
-        ).start()
-        self._reader = threading.Thread(
-            target=self._read_events, args=(accepted[0], proc), name="host-reader", daemon=True
-        )
-        self._reader.start()
-        if self._profiling:
-            self._send(_SetProfiling(True))
+        if not accepted or proc.poll() is not None:
+            proc.kill()
+            proc.wait()
+            time.sleep(0.05)  # the child's last words reach the stderr reader
+            detail = self._stderr_tail[-1] if self._stderr_tail else ""
+            message = "The engine process did not start" + (f": {detail}" if detail else ".")
+            with self._changed:
+                if self._proc is proc:
+                    self._proc, self._outbox = None, []
+                if self._state is not HostState.CLOSED:
+                    self._state, self._model, self._load_error = HostState.EMPTY, None, message
+                self._changed.notify_all()
+            self._fail_all(message, crashed=False)
+            self._notify(LoadFailed(message + " Reinstall the app if this keeps happening."))
+            return
+        conn = accepted[0]
+        with self._lock, self._send_lock:
+            if self._proc is not proc:
+                conn.close()
+                return
+            self._conn = conn
+            for command in self._outbox:
+                with contextlib.suppress(OSError, ValueError):
+                    conn.send(command)
+            self._outbox = []
+            self._reader = threading.Thread(
+                target=self._read_events, args=(conn, proc), name="host-reader", daemon=True
+            )
+            self._reader.start()
 
     def _send(self, command: object) -> None:
-        conn = self._conn
-        if conn is None:
-            return
-        # a child that is gone raises here; its reader thread reports it
-        with self._send_lock, contextlib.suppress(OSError, ValueError):
-            conn.send(command)
+        with self._lock:
+            conn = self._conn
+            if conn is None:
+                if self._proc is not None:  # still connecting
+                    self._outbox.append(command)
+                return
+            # a child that is gone raises here; its reader thread reports it
+            with self._send_lock, contextlib.suppress(OSError, ValueError):
+                conn.send(command)
 
     def _read_stderr(self, proc: subprocess.Popen[bytes]) -> None:
         assert proc.stderr is not None

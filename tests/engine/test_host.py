@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import queue
+import shutil
 import signal
 from collections.abc import Iterator
 from pathlib import Path
@@ -191,3 +192,17 @@ def test_every_message_is_a_frozen_dataclass() -> None:
     ]
     assert len(messages) > 25
     assert all(m.__dataclass_params__.frozen for m in messages)  # type: ignore[attr-defined]
+
+
+def test_an_engine_process_that_cannot_start_fails_the_load_with_a_message(
+    monkeypatch: pytest.MonkeyPatch, synthetic_model: Path
+) -> None:
+    monkeypatch.setattr(host_module.sys, "executable", shutil.which("false"))  # exits at once
+    with ModelHost() as host:
+        host.load(synthetic_model, 512)
+        with pytest.raises(ModelLoadError, match="engine process did not start"):
+            host.wait_loaded(TIMEOUT_S)
+        assert host.state is HostState.EMPTY
+        monkeypatch.undo()
+        host.load(synthetic_model, 512)  # a working engine: a new process, and it loads
+        assert host.wait_loaded(TIMEOUT_S).path == str(synthetic_model)
