@@ -44,3 +44,36 @@ def test_using_the_engine_loads_no_qt() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def _engine_imports(path: Path) -> set[str]:
+    """The engine modules ``path`` imports anywhere, function bodies included."""
+    modules = {f"engine.{p.stem}" for p in ENGINE.glob("*.py")}
+    names = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            names.add(node.module)
+            names.update(f"{node.module}.{alias.name}" for alias in node.names)
+        elif isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+    return names & modules
+
+
+def test_engine_modules_import_each_other_without_cycles() -> None:
+    """A cycle (session and tuner had one) means a module cannot be understood alone."""
+    graph = {f"engine.{p.stem}": _engine_imports(p) for p in ENGINE.glob("*.py")}
+    for name in graph:
+        graph[name].discard(name)  # engine.host's __main__ imports its own module copy
+
+    def reachable(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = list(graph[start])
+        while todo:
+            module = todo.pop()
+            if module not in seen:
+                seen.add(module)
+                todo.extend(graph.get(module, ()))
+        return seen
+
+    cycles = sorted(name for name in graph if name in reachable(name))
+    assert cycles == []
