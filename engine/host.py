@@ -351,7 +351,7 @@ class ModelHost:
         self._conn: Connection | None = None
         self._outbox: list[object] = []  # commands sent while the child is connecting
         self._reader: threading.Thread | None = None
-        self._stderr_tail: deque[str] = deque(maxlen=40)
+        self._stderr_tail: deque[str] = deque(maxlen=400)  # a native backtrace is long
         self._state = HostState.EMPTY
         self._model: LoadedModel | None = None
         self._load_error = ""
@@ -700,10 +700,13 @@ class ModelHost:
             if self._proc is proc:
                 self._proc, self._conn = None, None
             closing = self._state is HostState.CLOSED
+            loading = self._state is HostState.LOADING
             path = self._model.path if self._model is not None else self._wanted_path
             if not closing:
                 self._state, self._model = HostState.CRASHED, None
-                self._load_error = message = self._crash_message(code)
+                self._load_error = message = self._crash_message(code, path if loading else None)
+                if loading:  # the file brought it down: loading it again would too
+                    path = None
             self._changed.notify_all()
         if closing:
             return
@@ -711,7 +714,7 @@ class ModelHost:
         self._fail_all(message, crashed=True)
         self._notify(EngineCrashed(message, path))
 
-    def _crash_message(self, code: int) -> str:
+    def _crash_message(self, code: int, loading: str | None = None) -> str:
         if code < 0:
             how = f"it was stopped by signal {-code}"
             if -code == 9:
@@ -724,10 +727,15 @@ class ModelHost:
              line.lower()),
             "",
         )  # fmt: skip
+        words = f" Its last words: {cause[-300:]}" if cause else ""
+        if loading is not None:
+            return (
+                f"The engine stopped while loading {Path(loading).name}: {how}.{words} The "
+                "file may be damaged, need a newer engine, or need more memory than is free."
+            )
         return (
-            f"The engine stopped unexpectedly: {how}."
-            + (f" Its last words: {cause[-300:]}" if cause else "")
-            + " Your conversations are safe; load the model again to go on."
+            f"The engine stopped unexpectedly: {how}.{words} Your conversations are safe; "
+            "load the model again to go on."
         )
 
     def _cancel_running(self) -> None:

@@ -338,6 +338,17 @@ def create_app(host: ModelHost, config: ServerConfig) -> Any:
         code = "engine_crashed" if event.crashed else "generation_failed"
         return ApiError(500, event.message, kind="server_error", code=code)
 
+    def stopped() -> ApiError:
+        """A reply the app stopped (the model was replaced, unloaded or tuned): OpenAI has no
+        finish reason for that, and "stop" would pass a cut reply off as whole."""
+        return ApiError(
+            503,
+            "The reply was stopped before it finished: the model was replaced, unloaded or "
+            "tuned in MoE Chat.",
+            kind="server_error",
+            code="cancelled",
+        )
+
     async def collect(
         http: HttpRequest, ticket: Ticket, events: asyncio.Queue[ReplyEvent]
     ) -> tuple[str, str, Stats]:
@@ -361,6 +372,8 @@ def create_app(host: ModelHost, config: ServerConfig) -> Any:
                         reasoning_piece = piece.channel is Channel.REASONING
                         (reasoning if reasoning_piece else text).append(piece.text)
                 elif isinstance(event, ReplyFinished):
+                    if event.stats.stop_reason == "cancelled":
+                        raise stopped()
                     return "".join(text), "".join(reasoning), event.stats
                 elif isinstance(event, ReplyFailed):
                     raise failure(event)
@@ -389,6 +402,9 @@ def create_app(host: ModelHost, config: ServerConfig) -> Any:
                             yield sse(chunk("", piece.text, None))
                         else:
                             yield sse(chunk(piece.text, "", None))
+                elif isinstance(event, ReplyFinished) and event.stats.stop_reason == "cancelled":
+                    yield sse(stopped().body())
+                    break
                 elif isinstance(event, ReplyFinished):
                     reason = FINISH_REASONS.get(event.stats.stop_reason, "stop")
                     yield sse(chunk("", "", reason))

@@ -21,6 +21,7 @@ from app.chat_window import LAST_MODEL_KEY, ChatWindow
 from engine import package_version
 from engine.host import LoadedModel
 from engine.store import Store
+from tests.helpers.models import aborting_model
 from tests.helpers.windows import close
 
 LOAD_TIMEOUT_MS = 30_000
@@ -126,6 +127,23 @@ def test_a_killed_engine_keeps_the_partial_reply_and_offers_to_load_again(
     with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
         type_and_send(qtbot, window, "go on")
     assert len(window.store.messages(window._conversation_id)) == 4
+    close(window)
+
+
+def test_a_model_that_aborts_the_engine_is_reported_and_the_app_goes_on(
+    qtbot: QtBot, synthetic_model: Path, tmp_path: Path
+) -> None:
+    window = open_window(qtbot)
+    broken = aborting_model(synthetic_model, tmp_path / "aborts.gguf")
+    with qtbot.waitSignal(window.model_failed, timeout=LOAD_TIMEOUT_MS) as failed:
+        window.load_model(str(broken))
+    assert "stopped while loading aborts.gguf" in failed.args[0]
+    assert "GGML_ASSERT" in window.error_label.text()
+    assert not window.reload_button.isVisible()  # loading it again would abort again
+    assert window.open_button.isEnabled() and "No model loaded" in window.model_label.text()
+    load(qtbot, window, synthetic_model)
+    with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
+        type_and_send(qtbot, window, "hello")
     close(window)
 
 

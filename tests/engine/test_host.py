@@ -31,7 +31,7 @@ from engine.host import (
     ReplyStarted,
 )
 from engine.session import SamplingSettings, Session
-from tests.helpers.models import copy_gguf
+from tests.helpers.models import aborting_model, copy_gguf
 
 HELLO = (ChatMessage("user", "hello"),)
 TIMEOUT_S = 60
@@ -130,8 +130,8 @@ def test_a_full_queue_refuses_more_and_loses_nothing(host: ModelHost) -> None:
 def test_a_killed_engine_costs_the_reply_and_the_host_loads_again(
     host: ModelHost, synthetic_model: Path
 ) -> None:
-    crashes: list[HostEvent] = []
-    host.add_listener(lambda e: crashes.append(e) if isinstance(e, EngineCrashed) else None)
+    crashes: queue.Queue[HostEvent] = queue.Queue()
+    host.add_listener(lambda e: crashes.put(e) if isinstance(e, EngineCrashed) else None)
     pid = host.pid
     assert pid is not None
     events: list[ReplyEvent] = []
@@ -143,7 +143,8 @@ def test_a_killed_engine_costs_the_reply_and_the_host_loads_again(
     assert isinstance(failed, ReplyFailed) and failed.crashed
     assert "signal 9" in failed.message and "load the model again" in failed.message
     assert text_of(events)  # what came before the crash is the caller's to keep
-    assert len(crashes) == 1 and crashes[0].model_path == str(synthetic_model)
+    crash = crashes.get(timeout=TIMEOUT_S)
+    assert isinstance(crash, EngineCrashed) and crash.model_path == str(synthetic_model)
     assert host.state is HostState.CRASHED and host.model is None
     with pytest.raises(HostUnavailable, match="signal 9"):
         host.submit(ChatRequest(HELLO), "api", lambda _e: None)
@@ -206,3 +207,24 @@ def test_an_engine_process_that_cannot_start_fails_the_load_with_a_message(
         monkeypatch.undo()
         host.load(synthetic_model, 512)  # a working engine: a new process, and it loads
         assert host.wait_loaded(TIMEOUT_S).path == str(synthetic_model)
+
+
+def test_a_native_abort_while_loading_costs_the_load_not_the_host(
+    host: ModelHost, synthetic_model: Path, tmp_path: Path
+) -> None:
+    crashes: queue.Queue[HostEvent] = queue.Queue()
+    host.add_listener(lambda e: crashes.put(e) if isinstance(e, EngineCrashed) else None)
+    broken = aborting_model(synthetic_model, tmp_path / "aborts.gguf")
+    host.load(broken, 512)
+    with pytest.raises(ModelLoadError, match=r"stopped while loading aborts\.gguf") as raised:
+        host.wait_loaded(TIMEOUT_S)
+    assert "GGML_ASSERT(n_embd_head == n_rot) failed" in str(raised.value)
+    assert "signal 6" in str(raised.value)  # SIGABRT: the engine ended its own process
+    crash = crashes.get(timeout=TIMEOUT_S)
+    assert (
+        isinstance(crash, EngineCrashed) and crash.model_path is None
+    )  # loading that file again would abort again
+    host.load(synthetic_model, 512)
+    host.wait_loaded(TIMEOUT_S)
+    events = list(host.stream(ChatRequest(HELLO, SamplingSettings.greedy(4)), timeout=TIMEOUT_S))
+    assert isinstance(events[-1], ReplyFinished)

@@ -85,3 +85,24 @@ def _copy_metadata(reader: Any, writer: Any) -> None:
     for key, field in reader.fields.items():
         if not key.startswith("GGUF.") and key != "general.architecture":
             copy_field(writer, key, field)
+
+
+def aborting_model(src: Path, dst: Path) -> Path:
+    """A copy of a qwen3moe GGUF that passes every header check but makes the engine abort
+    the process (``GGML_ASSERT(n_embd_head == n_rot)`` when it builds the graph): the rope
+    dimension no longer matches the head size."""
+    from gguf import GGUFReader, GGUFWriter
+
+    reader = GGUFReader(src)
+    arch = reader.fields["general.architecture"].contents()
+    writer = GGUFWriter(dst, arch)
+    rope = f"{arch}.rope.dimension_count"
+    for key, field in reader.fields.items():
+        if key == rope:
+            writer.add_uint32(key, field.contents() // 2)
+        elif not key.startswith("GGUF.") and key != "general.architecture":
+            copy_field(writer, key, field)
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
+    write_gguf(writer)
+    return dst
