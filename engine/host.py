@@ -33,12 +33,15 @@ from dataclasses import dataclass, field, replace
 from enum import Enum
 from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
-from typing import Union
+from typing import TYPE_CHECKING, Union
 
 from engine.chat_format import Piece, ReplyFormat, TemplateOptions
 from engine.errors import GenerationError, ModelLoadError, MoeChatError, user_message
 from engine.heat import HeatProfile
 from engine.session import Message, SamplingSettings, Stats
+
+if TYPE_CHECKING:
+    from engine.tuner import Tuning
 
 log = logging.getLogger(__name__)
 
@@ -114,7 +117,7 @@ class LoadedModel:
     predicted_generation_tokens_per_s: float | None
     predicted_prompt_tokens_per_s: float | None
     tuned: bool  # placed by the last "Tune for this machine"
-    tuning: object | None = None  # the engine.tuner.Tuning of this file, if one was measured
+    tuning: Tuning | None = None  # the last tuning of this file on this machine, if any
 
     @property
     def model_id(self) -> str:
@@ -181,7 +184,7 @@ class TuneProgressed:
 
 @dataclass(frozen=True)
 class TuneFinished:
-    tuning: object | None  # the Tuning, or None when cancelled; the model loads again next
+    tuning: Tuning | None  # None when cancelled; the model loads again next
 
 
 @dataclass(frozen=True)

@@ -29,7 +29,7 @@ step "tools"
 missing=()
 for tool in Xvfb:xvfb openbox:openbox xdotool:xdotool import:imagemagick \
     desktop-file-validate:desktop-file-utils appstreamcli:appstream makensis:nsis \
-    readelf:binutils; do
+    readelf:binutils curl:curl; do
   have "${tool%%:*}" || missing+=("${tool#*:}")
 done
 if ((${#missing[@]})) && [[ "$(id -u)" == 0 ]] && have apt-get; then
@@ -67,6 +67,33 @@ self_test() {  # self_test LABEL PROGRAM
 
 step "self-test of the bundle (env -i)"
 self_test bundle "$bundle/moe-chat"
+
+step "the bundle serves the local API (moe-chat serve), answers, and stops on SIGTERM"
+if have curl; then
+  model="$work/serve-model.gguf"
+  .venv/bin/python -c "import sys; from engine.synthetic import build_synthetic_moe as b; b(sys.argv[1])" "$model"
+  serve_log="$logs/serve.txt"
+  env -i HOME="$work/home-serve" PATH=/usr/bin:/bin "$bundle/moe-chat" serve "$model" --port 0 \
+    >"$serve_log" 2>&1 &
+  serve_pid=$!
+  address=""
+  for _ in $(seq 300); do
+    address="$(grep -o 'http://127.0.0.1:[0-9]*/v1' "$serve_log" || true)"
+    [[ -n "$address" ]] && break
+    kill -0 "$serve_pid" 2>/dev/null || { cat "$serve_log"; fail "moe-chat serve exited"; }
+    sleep 0.1
+  done
+  [[ -n "$address" ]] || { kill "$serve_pid"; fail "moe-chat serve printed no address"; }
+  answer="$(curl -s --max-time 60 "$address/chat/completions" -H 'Content-Type: application/json' \
+    -d '{"messages": [{"role": "user", "content": "hello"}], "max_tokens": 8}')"
+  kill -TERM "$serve_pid"
+  wait "$serve_pid" || { cat "$serve_log"; fail "moe-chat serve did not stop cleanly"; }
+  echo "$answer" | grep -q '"completion_tokens":[1-9]' || fail "the API gave no reply: $answer"
+  grep -q "^Stopped." "$serve_log" || fail "moe-chat serve did not say it stopped"
+  echo "ok: $address answered ($answer)"
+else
+  skip "curl is not installed: the bundled API was not called"
+fi
 
 step "self-test of the .deb, extracted with dpkg-deb -x"
 root="$work/deb-root"
