@@ -3,7 +3,8 @@
 Generation runs our own loop over llama.cpp's C API (decode, sampler chain, token pieces)
 rather than llama-cpp-python's ``Llama`` class: that class cannot take tensor placements or
 an eval callback, keeps a numpy copy of the logits per token, and hides where time goes.
-A Session is used by one thread at a time; the app gives each loaded model its own worker.
+A Session is used by one thread at a time; the app runs it in the model host's child process
+(engine/host.py), which takes every client's requests in turn.
 """
 
 from __future__ import annotations
