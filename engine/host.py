@@ -359,6 +359,8 @@ class ModelHost:
         self._model: LoadedModel | None = None
         self._load_error = ""
         self._wanted_path: str | None = None
+        self._wanted_load: _Load | None = None  # the last load asked for
+        self._load_started = False  # an engine process took it up (sent LoadStarted)
         self._ids = itertools.count(1)
         self._tickets: dict[int, Ticket] = {}
         self._waiting: OrderedDict[str, deque[Ticket]] = OrderedDict()
@@ -407,10 +409,12 @@ class ModelHost:
                 raise HostUnavailable("The model host is closed.")
             self._start_child()
             self._wanted_path = str(path)
+            self._wanted_load = _Load(str(path), n_ctx)
+            self._load_started = False
             self._state = HostState.LOADING
             self._load_error = ""
             self._cancel_running()
-            self._send(_Load(str(path), n_ctx))
+            self._send(self._wanted_load)
 
     def unload(self) -> None:
         with self._lock:
@@ -681,6 +685,7 @@ class ModelHost:
         with self._changed:
             if isinstance(event, LoadStarted):
                 self._state, self._model = HostState.LOADING, None
+                self._load_started = True
             elif isinstance(event, ModelLoaded):
                 self._state, self._model = HostState.READY, event.model
                 self._dispatch()
@@ -699,9 +704,47 @@ class ModelHost:
 
     def _on_child_gone(self, proc: subprocess.Popen[bytes]) -> None:
         code = proc.wait()
+        time.sleep(0.05)  # the last words on stderr arrive just after the pipe closes
+        with self._changed:
+            if self._proc is not proc and self._proc is not None:
+                # A load started the next process before this one's end was read: only the
+                # reply this one was running is lost; the state is the new process's.
+                running, self._running = self._running, None
+                if running is not None:
+                    self._finish(running)
+            else:
+                running = None
+            superseded = self._proc is not proc and self._proc is not None
+        if superseded:
+            if running is not None:
+                message = self._crash_message(code)
+                running.on_event(ReplyFailed(running.request_id, message, crashed=True))
+                self._notify(RequestEnded(running.info, "failed"))
+                with self._lock:
+                    self._dispatch()
+            return
         with self._changed:
             if self._proc is proc:
                 self._proc, self._conn = None, None
+            if self._state is HostState.LOADING and not self._load_started and self._wanted_load:
+                # The load was sent to a process that had already died (its end not yet
+                # read): the file is not to blame. Lose the reply it ran; load in a new one.
+                running, self._running = self._running, None
+                if running is not None:
+                    self._finish(running)
+                self._start_child()
+                self._send(self._wanted_load)
+                lost = running
+            else:
+                lost = None
+            retried = lost is not None or self._proc is not None
+        if retried:
+            if lost is not None:
+                message = self._crash_message(code)
+                lost.on_event(ReplyFailed(lost.request_id, message, crashed=True))
+                self._notify(RequestEnded(lost.info, "failed"))
+            return
+        with self._changed:
             closing = self._state is HostState.CLOSED
             loading = self._state is HostState.LOADING
             path = self._model.path if self._model is not None else self._wanted_path
@@ -724,7 +767,6 @@ class ModelHost:
                 how += " (killed, often for lack of memory)"
         else:
             how = f"it exited with code {code}"
-        time.sleep(0.05)  # the last words on stderr arrive just after the pipe closes
         cause = next(
             (line for line in reversed(self._stderr_tail) if "GGML_ASSERT" in line or "error" in
              line.lower()),

@@ -7,9 +7,11 @@ import os
 import queue
 import shutil
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 
 from engine import host as host_module
@@ -228,3 +230,33 @@ def test_a_native_abort_while_loading_costs_the_load_not_the_host(
     host.wait_loaded(TIMEOUT_S)
     events = list(host.stream(ChatRequest(HELLO, SamplingSettings.greedy(4)), timeout=TIMEOUT_S))
     assert isinstance(events[-1], ReplyFinished)
+
+
+def test_loading_right_after_the_engine_died_loads_and_fails_only_the_lost_reply(
+    host: ModelHost, synthetic_model: Path
+) -> None:
+    """Whichever comes first, the new load or reading the old process's end."""
+    events: queue.Queue[ReplyEvent] = queue.Queue()
+    host.submit(ChatRequest(HELLO, SamplingSettings.greedy(5000)), "api", events.put)
+    while not isinstance(events.get(timeout=TIMEOUT_S), ReplyPieces):
+        pass
+    pid = host.pid
+    assert pid is not None
+    os.kill(pid, signal.SIGKILL)
+
+    def alive() -> bool:  # dead means a zombie (not yet reaped by the host) or gone
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
+    while alive():
+        time.sleep(0.001)
+    host.load(synthetic_model, 512)
+    assert host.wait_loaded(TIMEOUT_S).path == str(synthetic_model)
+    last = events.get(timeout=TIMEOUT_S)
+    while not isinstance(last, ReplyFailed):
+        last = events.get(timeout=TIMEOUT_S)
+    assert last.crashed
+    again = list(host.stream(ChatRequest(HELLO, SamplingSettings.greedy(4)), timeout=TIMEOUT_S))
+    assert isinstance(again[-1], ReplyFinished)
