@@ -20,6 +20,7 @@ from app.about import AboutDialog
 from app.chat_window import LAST_MODEL_KEY, ChatWindow
 from engine import package_version
 from engine.host import LoadedModel
+from engine.session import SamplingSettings
 from engine.store import Store
 from tests.helpers.models import aborting_model
 from tests.helpers.windows import close
@@ -77,6 +78,9 @@ def test_a_reply_streams_in_and_the_stats_update(qtbot: QtBot, synthetic_model: 
 def test_stop_halts_the_reply(qtbot: QtBot, synthetic_model: Path) -> None:
     window = open_window(qtbot)
     load(qtbot, window, synthetic_model)
+    # Greedy, this reply runs to the limit, so only Stop can end it early (a sampled one may
+    # end by itself before the click reaches the engine's process).
+    window.sampling = SamplingSettings.greedy(1024)
     received: list[str] = []
 
     def on_token(piece: str) -> None:
