@@ -494,11 +494,16 @@ class ChatWindow(QMainWindow):
 
     @Slot(str)
     def _on_worker_load_failed(self, message: str) -> None:
+        self._no_model(message, "No model loaded")
+
+    def _no_model(self, message: str, label: str, reload_path: str | None = None) -> None:
+        """A load failed or the engine stopped: nothing to chat with; say why."""
+        self._model = None
         self._tuning = False
         self.load_progress.hide()
         self.open_button.setEnabled(True)
-        self.model_label.setText("No model loaded")
-        self.show_error(message)
+        self.model_label.setText(label)
+        self.show_error(message, reload_path)
         self.model_failed.emit(message)
 
     # -- conversations ---------------------------------------------------------------------
@@ -725,13 +730,7 @@ class ChatWindow(QMainWindow):
 
     @Slot(object)
     def _on_worker_engine_crashed(self, event: EngineCrashed) -> None:
-        self._model = None
-        self._tuning = False
-        self.load_progress.hide()
-        self.open_button.setEnabled(True)
-        self.model_label.setText("No model loaded: the engine stopped")
-        self.show_error(event.message, reload_path=event.model_path)
-        self.model_failed.emit(event.message)
+        self._no_model(event.message, "No model loaded: the engine stopped", event.model_path)
 
     @Slot(object)
     def _on_worker_queue_changed(self, queue: QueueChanged) -> None:

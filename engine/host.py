@@ -706,43 +706,32 @@ class ModelHost:
         code = proc.wait()
         time.sleep(0.05)  # the last words on stderr arrive just after the pipe closes
         with self._changed:
-            if self._proc is not proc and self._proc is not None:
-                # A load started the next process before this one's end was read: only the
-                # reply this one was running is lost; the state is the new process's.
-                running, self._running = self._running, None
-                if running is not None:
-                    self._finish(running)
-            else:
-                running = None
-            superseded = self._proc is not proc and self._proc is not None
-        if superseded:
-            if running is not None:
-                message = self._crash_message(code)
-                running.on_event(ReplyFailed(running.request_id, message, crashed=True))
-                self._notify(RequestEnded(running.info, "failed"))
-                with self._lock:
-                    self._dispatch()
-            return
-        with self._changed:
             if self._proc is proc:
                 self._proc, self._conn = None, None
-            if self._state is HostState.LOADING and not self._load_started and self._wanted_load:
-                # The load was sent to a process that had already died (its end not yet
-                # read): the file is not to blame. Lose the reply it ran; load in a new one.
-                running, self._running = self._running, None
-                if running is not None:
-                    self._finish(running)
+            # A load started the next process before this one's end was read (superseded),
+            # or was sent to this one after it had died: the file is not to blame, so load
+            # it in a new process (retry). Either way only the reply this one ran is lost.
+            superseded = self._proc is not None
+            retry = (
+                not superseded
+                and self._state is HostState.LOADING
+                and not self._load_started
+                and self._wanted_load is not None
+            )
+            if retry:
                 self._start_child()
                 self._send(self._wanted_load)
-                lost = running
-            else:
-                lost = None
-            retried = lost is not None or self._proc is not None
-        if retried:
+            lost = self._running if superseded or retry else None
+            if lost is not None:
+                self._running = None
+                self._finish(lost)
+        if superseded or retry:
             if lost is not None:
                 message = self._crash_message(code)
                 lost.on_event(ReplyFailed(lost.request_id, message, crashed=True))
                 self._notify(RequestEnded(lost.info, "failed"))
+                with self._lock:
+                    self._dispatch()
             return
         with self._changed:
             closing = self._state is HostState.CLOSED

@@ -418,6 +418,11 @@ def create_app(host: ModelHost, config: ServerConfig) -> Any:
         finally:
             ticket.cancel()
 
+    def sse_response(stream: AsyncIterator[str]) -> Response:
+        return StreamingResponse(
+            stream, media_type="text/event-stream", headers={"Cache-Control": "no-cache"}
+        )
+
     async def models(_request: HttpRequest) -> Response:
         model = host.model
         return JSONResponse(
@@ -489,10 +494,8 @@ def create_app(host: ModelHost, config: ServerConfig) -> Any:
 
         options = body.get("stream_options") or {}
         wants_usage = isinstance(options, dict) and bool(options.get("include_usage"))
-        return StreamingResponse(
-            stream_events(ticket, events, chunk, usage_chunk if wants_usage else None),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
+        return sse_response(
+            stream_events(ticket, events, chunk, usage_chunk if wants_usage else None)
         )
 
     async def completions(http: HttpRequest) -> Response:
@@ -528,11 +531,7 @@ def create_app(host: ModelHost, config: ServerConfig) -> Any:
                 "choices": [choice(content, finish)],
             }
 
-        return StreamingResponse(
-            stream_events(ticket, events, chunk, None),
-            media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache"},
-        )
+        return sse_response(stream_events(ticket, events, chunk, None))
 
     async def on_api_error(_request: HttpRequest, exc: Exception) -> Response:
         assert isinstance(exc, ApiError)
