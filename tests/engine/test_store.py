@@ -12,7 +12,8 @@ import pytest
 
 from engine import paths
 from engine.errors import StoreError
-from engine.store import Store
+from engine.store import MATCH_END, MATCH_START, SCHEMA_VERSION, Store
+from tests.helpers import old_databases
 
 
 def test_default_database_lives_under_the_app_home(app_home: Path) -> None:
@@ -124,17 +125,6 @@ def test_corrupt_database_gives_a_readable_error(tmp_path: Path) -> None:
         Store(db)
 
 
-VERSION_1_SCHEMA = """
-CREATE TABLE conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL, model_path TEXT,
-    created_at REAL NOT NULL, updated_at REAL NOT NULL);
-CREATE TABLE messages (id INTEGER PRIMARY KEY, conversation_id INTEGER NOT NULL
-    REFERENCES conversations(id) ON DELETE CASCADE, role TEXT NOT NULL, content TEXT NOT NULL,
-    model_name TEXT, stats TEXT, complete INTEGER NOT NULL DEFAULT 1, created_at REAL NOT NULL);
-CREATE TABLE settings (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-PRAGMA user_version=1;
-"""
-
-
 def test_reasoning_is_kept_apart_from_the_answer(tmp_path: Path) -> None:
     store = Store(tmp_path / "chat.sqlite3")
     chat = store.create_conversation()
@@ -160,7 +150,7 @@ def test_version_1_database_is_migrated_and_its_markup_split(tmp_path: Path) -> 
     which the next turn's template rejects; the migration splits them and loses nothing."""
     db = tmp_path / "chat.sqlite3"
     old = sqlite3.connect(db)
-    old.executescript(VERSION_1_SCHEMA)
+    old.executescript(old_databases.VERSION_1)
     old.execute("INSERT INTO conversations VALUES (1, 'Old', NULL, 1.0, 1.0)")
     rows = [
         (1, "user", "Capital of France?"),
@@ -187,4 +177,149 @@ def test_version_1_database_is_migrated_and_its_markup_split(tmp_path: Path) -> 
     ]
     store.close()
     version = sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0]
-    assert version == 2
+    assert version == SCHEMA_VERSION
+
+
+def test_a_database_made_by_the_version_2_schema_upgrades_in_place(tmp_path: Path) -> None:
+    """Today's users have version 2 files: every message stays, in order, and each new
+    feature (alternatives, conversation settings, presets, search) works on them."""
+    db = tmp_path / "chat.sqlite3"
+    insert = "INSERT INTO messages (conversation_id, role, content, reasoning, created_at) "
+    old_databases.make_database(
+        db,
+        old_databases.VERSION_2,
+        [
+            ("INSERT INTO conversations VALUES (1, 'Rivers', NULL, 1.0, 5.0)", ()),
+            ("INSERT INTO conversations VALUES (2, 'Other', NULL, 1.0, 2.0)", ()),
+            (insert + "VALUES (1, 'user', 'Longest river?', '', 1.0)", ()),
+            (insert + "VALUES (2, 'user', 'Unrelated', '', 1.5)", ()),
+            (insert + "VALUES (1, 'assistant', 'The Nile.', 'Nile or Amazon', 2.0)", ()),
+            (insert + "VALUES (1, 'user', 'And in Europe?', '', 3.0)", ()),
+            ("INSERT INTO settings VALUES ('last_model_path', '\"/m.gguf\"')", ()),
+        ],
+    )
+    store = Store(db)
+    path = store.messages(1)
+    assert [(m.role, m.content, m.reasoning) for m in path] == [
+        ("user", "Longest river?", ""),
+        ("assistant", "The Nile.", "Nile or Amazon"),
+        ("user", "And in Europe?", ""),
+    ]
+    assert [m.alternatives for m in path] == [(m.id,) for m in path]
+    assert [m.content for m in store.messages(2)] == ["Unrelated"]
+    assert store.get_setting("last_model_path") == "/m.gguf"
+    conversation = store.conversation(1)
+    assert (conversation.system_prompt, conversation.reasoning, conversation.draft) == ("", "", "")
+    assert store.presets() == []
+    [hit] = store.search("amazon")
+    assert (hit.conversation_id, hit.message_id, hit.title) == (1, path[1].id, "Rivers")
+    reply = store.start_reply(1, "model", parent_id=path[0].id)  # a regenerated answer
+    assert [m.id for m in store.messages(1)] == [path[0].id, reply.id]
+    store.close()
+    assert sqlite3.connect(db).execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
+
+
+def test_a_failed_migration_keeps_the_last_whole_version(tmp_path: Path) -> None:
+    """Each migration is one transaction: when one fails (here a table already has the
+    name it needs), the file stays at the version before it, with everything in it."""
+    db = tmp_path / "chat.sqlite3"
+    old_databases.make_database(
+        db,
+        old_databases.VERSION_2 + "CREATE TABLE presets (x);",
+        [
+            ("INSERT INTO conversations VALUES (1, 'Kept', NULL, 1.0, 1.0)", ()),
+            ("INSERT INTO messages (conversation_id, role, content, created_at) "
+             "VALUES (1, 'user', 'still here', 1.0)", ()),
+        ],
+    )  # fmt: skip
+    with pytest.raises(StoreError, match="cannot be opened"):
+        Store(db)
+    raw = sqlite3.connect(db)
+    assert raw.execute("PRAGMA user_version").fetchone()[0] == 3  # alternatives went in
+    columns = [row[1] for row in raw.execute("PRAGMA table_info(conversations)")]
+    assert "system_prompt" not in columns  # and not half of the next one
+    assert raw.execute("SELECT content FROM messages").fetchall() == [("still here",)]
+
+
+def test_regenerate_and_edit_keep_every_alternative(tmp_path: Path) -> None:
+    store = Store(tmp_path / "chat.sqlite3")
+    chat = store.create_conversation()
+    question = store.add_message(chat.id, "user", "Name a colour")
+    first = store.add_message(chat.id, "assistant", "Red.")
+    follow = store.add_message(chat.id, "user", "Another?")
+    second = store.start_reply(chat.id, "model", parent_id=question.id)
+    store.finish_reply(second.id, "Blue.", None)
+    path = store.messages(chat.id)
+    assert [m.content for m in path] == ["Name a colour", "Blue."]
+    assert path[1].alternatives == (first.id, second.id)
+    store.choose(first.id)  # back to the first answer: its follow-up comes back too
+    assert [m.content for m in store.messages(chat.id)] == ["Name a colour", "Red.", "Another?"]
+    store.choose(follow.id)
+    assert [m.id for m in store.messages(chat.id)] == [question.id, first.id, follow.id]
+    edited = store.edit_message(question.id, "Name a fruit")
+    path = store.messages(chat.id)
+    assert [m.content for m in path] == ["Name a fruit"]
+    assert path[0].alternatives == (question.id, edited.id)
+    reply = store.add_message(chat.id, "assistant", "Apple.")
+    assert reply.parent_id == edited.id
+    store.choose(question.id)
+    assert [m.content for m in store.messages(chat.id)] == ["Name a colour", "Red.", "Another?"]
+    store.delete_message(first.id)  # its branch goes with it
+    assert [m.content for m in store.messages(chat.id)] == ["Name a colour", "Blue."]
+    store.close()
+
+
+def test_search_finds_words_and_prefixes_across_conversations(tmp_path: Path) -> None:
+    store = Store(tmp_path / "chat.sqlite3")
+    a = store.create_conversation("Python")
+    b = store.create_conversation("Cooking")
+    store.add_message(a.id, "user", 'How do I sort a list in "Python"?')
+    reply = store.start_reply(a.id, "model")
+    store.finish_reply(reply.id, "Use sorted(items).", None, reasoning="They want sorting")
+    store.add_message(b.id, "user", "A recipe for sourdough bread")
+    assert {hit.conversation_id for hit in store.search("sor")} == {a.id}  # sort, sorted
+    [hit] = store.search("sourdough")
+    assert hit.title == "Cooking" and hit.role == "user"
+    assert f"{MATCH_START}sourdough{MATCH_END}" in hit.snippet
+    [hit] = store.search("wANT sortin")  # reasoning counts; case does not
+    assert hit.message_id == reply.id
+    assert store.search('"python"') and store.search("") == []
+    assert store.search('AND OR NOT ( * "') == []  # operators are words, never a syntax error
+    store.update_reply(reply.id, "Use list.sort().")
+    assert store.search("sorted") == [] and store.search("list.sort")
+    store.delete_conversation(a.id)
+    assert store.search("sort") == []
+    store.close()
+
+
+def test_conversation_settings_drafts_presets_and_empty_chats(tmp_path: Path) -> None:
+    store = Store(tmp_path / "chat.sqlite3")
+    used = store.create_conversation("used")
+    store.add_message(used.id, "user", "hi")
+    drafted = store.create_conversation()
+    store.set_draft(drafted.id, "half a thought")
+    prompted = store.create_conversation()
+    store.set_system_prompt(prompted.id, "  Answer in French.  ")
+    store.set_reasoning(prompted.id, "high")
+    empty, current = store.create_conversation(), store.create_conversation()
+    assert store.prune_empty(keep=current.id) == 1
+    assert {c.id for c in store.conversations()} == {used.id, drafted.id, prompted.id, current.id}
+    assert store.conversation(drafted.id).draft == "half a thought"
+    assert store.conversation(prompted.id).system_prompt == "Answer in French."
+    assert store.conversation(prompted.id).reasoning == "high"
+    with pytest.raises(ValueError):
+        store.set_reasoning(prompted.id, "maximum")
+    with pytest.raises(StoreError):
+        store.conversation(empty.id)
+    store.save_preset("French", "Answer in French.")
+    store.save_preset("coder", "You write Python.")
+    store.save_preset("French", "Réponds en français.")  # same name: replaced
+    assert [(p.name, p.system_prompt) for p in store.presets()] == [
+        ("coder", "You write Python."),
+        ("French", "Réponds en français."),
+    ]
+    store.delete_preset(store.presets()[0].id)
+    assert [p.name for p in store.presets()] == ["French"]
+    with pytest.raises(StoreError, match="name"):
+        store.save_preset("  ", "x")
+    store.close()
