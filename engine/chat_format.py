@@ -106,6 +106,30 @@ def parser_for(fmt: ReplyFormat, prompt: str) -> ReplyParser:
     return ThinkParser(in_reasoning=tail.endswith(THINK_OPEN))
 
 
+def continuation(
+    fmt: ReplyFormat, prompt: str, content: str, reasoning: str
+) -> tuple[str, ReplyParser]:
+    """Continue a reply that was cut off: the markup that reopens it after ``prompt`` (which
+    ends with the template's generation prompt), and a parser already in the state that
+    markup leaves it in, so that what the model writes next is split as if never stopped."""
+    if fmt is ReplyFormat.HARMONY:
+        markup = f"{H_CHANNEL}analysis{H_MESSAGE}{reasoning}" if reasoning else ""
+        if content:
+            if reasoning:
+                markup += f"{H_END}{H_START}assistant"
+            markup += f"{H_CHANNEL}final{H_MESSAGE}{content}"
+    else:
+        opened = prompt.rstrip().endswith(THINK_OPEN)
+        markup = ("" if opened else f"{THINK_OPEN}\n") + reasoning if reasoning else ""
+        if content:
+            if reasoning or opened:
+                markup += f"\n{THINK_CLOSE}\n\n"
+            markup += content
+    parser = parser_for(fmt, prompt)
+    parser.feed(markup)  # what it yields was shown already
+    return markup, parser
+
+
 class PlainParser:
     """Text as it comes: a raw completion has no reply markup to split."""
 

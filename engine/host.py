@@ -78,6 +78,7 @@ class ChatRequest:
     messages: tuple[ChatMessage, ...]
     sampling: SamplingSettings = field(default_factory=SamplingSettings)
     options: TemplateOptions = field(default_factory=TemplateOptions)
+    resume: bool = False  # the last message is a reply cut short: continue it
 
 
 @dataclass(frozen=True)
@@ -992,7 +993,9 @@ class _Child:
         try:
             if isinstance(request, ChatRequest):
                 messages = [m.as_message() for m in request.messages]
-                pieces = session.stream(messages, request.sampling, self.cancel, request.options)
+                pieces = session.stream(
+                    messages, request.sampling, self.cancel, request.options, request.resume
+                )
             else:
                 pieces = session.complete(request.prompt, request.sampling, self.cancel)
             for piece in pieces:

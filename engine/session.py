@@ -32,6 +32,7 @@ from engine.chat_format import (
     ReplyParser,
     StopMatcher,
     TemplateOptions,
+    continuation,
     parser_for,
     reply_format,
 )
@@ -380,7 +381,20 @@ class Session:
         Raises:
             GenerationError: even the system prompt and the last message do not fit.
         """
+        tokens, text, dropped, _parser = self._fit(messages, reply_room, options, False)
+        return tokens, text, dropped
+
+    def _fit(
+        self,
+        messages: Sequence[Message],
+        reply_room: int,
+        options: TemplateOptions | None,
+        resume: bool,
+    ) -> tuple[list[int], str, int, ReplyParser]:
+        """fit_prompt, and the parser for the reply; with ``resume`` the last message is a
+        reply cut short, reopened at the end of the prompt to be continued."""
         messages = list(messages)
+        partial = messages.pop() if resume and messages[-1]["role"] == "assistant" else None
         head = messages[:1] if messages and messages[0]["role"] == "system" else []
         body = messages[len(head) :]
         starts = [i for i, m in enumerate(body) if m["role"] == "user"]
@@ -388,21 +402,26 @@ class Session:
             starts.insert(0, 0)
         limit = self.n_ctx - reply_room
 
-        def attempt(dropped: int) -> tuple[list[int], str]:
+        def attempt(dropped: int) -> tuple[list[int], str, ReplyParser]:
             text = self.format_prompt(head + body[starts[dropped] :], options)
-            return self.tokenize(text), text
+            if partial is None:
+                return self.tokenize(text), text, parser_for(self.reply_format, text)
+            markup, parser = continuation(
+                self.reply_format, text, partial["content"], partial.get("reasoning") or ""
+            )
+            return self.tokenize(text + markup), text + markup, parser
 
-        tokens, text = attempt(0)
+        tokens, text, parser = attempt(0)
         if len(tokens) <= limit:
-            return tokens, text, 0
+            return tokens, text, 0, parser
         # Fewer tokens with every turn dropped: find the fewest drops that fit (binary search).
         low, high = 1, len(starts) - 1
-        best: tuple[list[int], str, int] | None = None
+        best: tuple[list[int], str, int, ReplyParser] | None = None
         while low <= high:
             middle = (low + high) // 2
-            tokens, text = attempt(middle)
+            tokens, text, parser = attempt(middle)
             if len(tokens) <= limit:
-                best, high = (tokens, text, middle), middle - 1
+                best, high = (tokens, text, middle, parser), middle - 1
             else:
                 low = middle + 1
         if best is None:
@@ -481,8 +500,12 @@ class Session:
         sampling: SamplingSettings | None = None,
         cancel: threading.Event | None = None,
         options: TemplateOptions | None = None,
+        resume: bool = False,
     ) -> Iterator[Piece]:
         """Yield the reply to ``messages`` piece by piece; ``self.last_stats`` holds its Stats.
+
+        With ``resume``, a last assistant message is a reply that was cut short: the model
+        goes on from its last word, and only the new text is yielded.
 
         Each piece is answer text or reasoning, split from the family's markup as it streams.
         A conversation longer than the context loses its oldest turns first (counted in
@@ -500,8 +523,7 @@ class Session:
         stats = self.last_stats = Stats()
         start = time.perf_counter()
         room = min(sampling.max_tokens, REPLY_ROOM_TOKENS, self.n_ctx // 4)
-        prompt, prompt_text, stats.dropped_turns = self.fit_prompt(messages, room, options)
-        parser = parser_for(self.reply_format, prompt_text)
+        prompt, _text, stats.dropped_turns, parser = self._fit(messages, room, options, resume)
         yield from self._generate(prompt, parser, sampling, cancel, stats, start)
 
     def complete(

@@ -15,6 +15,7 @@ from engine.chat_format import (
     StopMatcher,
     TemplateOptions,
     ThinkParser,
+    continuation,
     parser_for,
     reply_format,
     split_reply,
@@ -163,3 +164,34 @@ def test_without_a_stop_string_held_text_comes_out_at_the_end() -> None:
     shown = matcher.feed([Piece("thinking", Channel.REASONING), Piece("ends in </e")])
     assert [p.text for p in shown] == ["thinking", "ends in "]
     assert [p.text for p in matcher.finish()] == ["</e"] and not matcher.stopped
+
+
+@pytest.mark.parametrize(
+    ("fmt", "prompt", "reply"),
+    [
+        (ReplyFormat.HARMONY, "<|start|>assistant", HARMONY_REPLY),
+        (ReplyFormat.THINK, "<|im_start|>assistant\n", QWEN3_REPLY),
+        (ReplyFormat.THINK, "<|Assistant|><think>\n", QWEN3_REPLY.removeprefix("<think>")),
+        (ReplyFormat.THINK, "<|im_start|>assistant\n<think>\n\n</think>\n\n", "Hi there, you."),
+    ],
+)
+def test_a_reply_cut_anywhere_continues_as_if_never_stopped(
+    fmt: ReplyFormat, prompt: str, reply: str
+) -> None:
+    """Continue: what was shown of a cut reply is reopened after the prompt; whatever the
+    model writes next is split as one run over the reopened text would split it, and a reply
+    cut inside a word of its reasoning or answer comes out whole."""
+    whole = _run(parser_for(fmt, prompt), [reply])
+    for cut in range(len(reply) + 1):
+        parser = parser_for(fmt, prompt)
+        shown = parser.feed(reply[:cut])  # a stopped reply keeps what was shown
+        content = "".join(p.text for p in shown if p.channel is Channel.CONTENT)
+        reasoning = "".join(p.text for p in shown if p.channel is Channel.REASONING)
+        markup, resumed = continuation(fmt, prompt, content, reasoning)
+        rest_content, rest_reasoning = _run(resumed, [reply[cut:]])
+        one_run = _run(parser_for(fmt, prompt), [markup + reply[cut:]])
+        assert (content + rest_content, reasoning + rest_reasoning) == one_run, (cut, markup)
+        for word in ("greet", "help", "capital", "France", "there"):
+            at = reply.find(word)
+            if at >= 0 and cut == at + 2:  # inside a word: nothing held back
+                assert one_run == whole, (cut, markup)

@@ -211,3 +211,19 @@ def test_complete_continues_plain_text_without_the_template(session: Session) ->
     assert text
     with pytest.raises(GenerationError, match="context holds"):
         list(session.complete("word " * 5000))
+
+
+def test_a_stopped_reply_continues_where_it_stopped(smollm2: Path) -> None:
+    """Continue: the greedy reply cut after a few tokens and resumed is the reply that was
+    never cut."""
+    question = [{"role": "user", "content": "What is the capital of France?"}]
+    with Session(smollm2, settings=LoadSettings(n_ctx=512)) as session:
+        whole = session.chat(question, SamplingSettings.greedy(24)).text
+        cut = session.chat(question, SamplingSettings.greedy(8)).text
+        assert cut and whole.startswith(cut) and whole != cut
+        partial = [*question, {"role": "assistant", "content": cut}]
+        rest = "".join(
+            p.text for p in session.stream(partial, SamplingSettings.greedy(16), resume=True)
+        )
+        assert session.last_stats.generated_tokens == 16
+    assert cut + rest == whole
