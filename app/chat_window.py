@@ -1,38 +1,36 @@
-"""The chat window: conversations on the side, the streaming reply, the input, live stats."""
+"""The chat window: conversations on the side, the conversation, the input, live stats."""
 
 from __future__ import annotations
 
 import contextlib
-import html
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import psutil
-from PySide6.QtCore import QEvent, QObject, Qt, QTimer, Signal, Slot
+from PySide6.QtCore import QSize, Qt, QTimer, Signal, Slot
 from PySide6.QtGui import (
     QAction,
     QCloseEvent,
-    QKeyEvent,
+    QGuiApplication,
     QKeySequence,
-    QTextCharFormat,
-    QTextCursor,
+    QPainter,
+    QPaintEvent,
 )
 from PySide6.QtWidgets import (
+    QComboBox,
     QFileDialog,
     QHBoxLayout,
     QInputDialog,
     QLabel,
-    QListWidget,
-    QListWidgetItem,
     QMainWindow,
     QMessageBox,
     QPlainTextEdit,
     QProgressBar,
     QPushButton,
     QSplitter,
-    QTextBrowser,
     QToolButton,
     QVBoxLayout,
     QWidget,
@@ -43,62 +41,96 @@ from app.api_control import ApiControl
 from app.background import run_in_background
 from app.downloads import Downloads, describe
 from app.experts_panel import ExpertsPanel
+from app.message_view import MessageView, can_continue
 from app.model_manager import CONTEXT_KEY, MEASURED_KEY, ModelManager
 from app.settings_dialog import SettingsDialog
+from app.sidebar import Sidebar
+from app.system_prompt import SystemPromptDialog
 from app.worker import WINDOW_CLIENT, HostAdapter
+from engine import export
+from engine.chat_format import TemplateOptions
 from engine.downloads import DownloadEvent
+from engine.errors import MoeChatError
 from engine.host import ChatMessage, ChatRequest, EngineCrashed, LoadedModel, QueueChanged
 from engine.library import Library
 from engine.session import SamplingSettings, Stats
 from engine.store import Store, StoredMessage
 
 SAVE_INTERVAL_S = 1.0
+DRAFT_SAVE_DELAY_MS = 800
 log = logging.getLogger(__name__)
 
 LAST_MODEL_KEY = "last_model_path"
 ACTIVE_DOWNLOADS = ("queued", "running", "retrying", "verifying")
+
+# What the reasoning control offers, by the template option the loaded model reads.
+REASONING_CHOICES = {
+    "reasoning_effort": [
+        ("Reasoning: default", ""),
+        ("Reasoning: low", "low"),
+        ("Reasoning: medium", "medium"),
+        ("Reasoning: high", "high"),
+    ],
+    "enable_thinking": [
+        ("Thinking: default", ""),
+        ("Thinking: on", "on"),
+        ("Thinking: off", "off"),
+    ],
+}
 
 
 def _gib(n_bytes: float) -> str:
     return f"{n_bytes / 2**30:.2f} GiB"
 
 
-def stats_line(stats: dict[str, Any]) -> str:
-    """One line under a finished reply: tokens, speed, time to first token."""
-    parts = [f"{stats.get('generated_tokens', 0)} tokens"]
-    if stats.get("generation_tokens_per_s"):
-        parts.append(f"{stats['generation_tokens_per_s']:.1f} tok/s")
-    if stats.get("time_to_first_token"):
-        parts.append(f"first token {stats['time_to_first_token'] * 1000:.0f} ms")
-    if stats.get("prompt_tokens_per_s"):
-        parts.append(f"prompt {stats['prompt_tokens_per_s']:.0f} tok/s")
-    if stats.get("stop_reason") == "cancelled":
-        parts.append("stopped")
-    elif stats.get("stop_reason") == "length":
-        parts.append("reached the length limit")
-    elif stats.get("stop_reason") == "context_full":
-        parts.append("context full")
-    dropped = stats.get("dropped_turns", 0)
-    if dropped:
-        turns = "turn" if dropped == 1 else "turns"
-        parts.append(f"the {dropped} oldest {turns} left out to fit the context")
-    return " · ".join(parts)
+def template_options(reasoning: str, supported: tuple[str, ...]) -> TemplateOptions:
+    """A conversation's reasoning setting as the loaded model's template takes it."""
+    if reasoning in ("low", "medium", "high") and "reasoning_effort" in supported:
+        return TemplateOptions(reasoning_effort=reasoning)
+    if reasoning in ("on", "off") and "enable_thinking" in supported:
+        return TemplateOptions(enable_thinking=reasoning == "on")
+    return TemplateOptions()
 
 
-class _EnterToSend(QObject):
-    """Enter sends, Shift+Enter inserts a newline."""
+class ElidedLabel(QLabel):
+    """A one-line label that shortens its text with "…" instead of widening the window; the
+    whole text is its tooltip and its accessible name."""
 
-    def __init__(self, parent: QObject, on_send: Any) -> None:
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setTextFormat(Qt.TextFormat.PlainText)
+
+    def setText(self, text: str) -> None:
+        super().setText(text)
+        self.setToolTip(text)
+        self.setAccessibleName(text)
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(40, super().minimumSizeHint().height())
+
+    def paintEvent(self, event: QPaintEvent) -> None:
+        painter = QPainter(self)
+        rect = self.contentsRect()
+        shown = self.fontMetrics().elidedText(
+            self.text(), Qt.TextElideMode.ElideRight, rect.width()
+        )
+        painter.drawText(rect, int(self.alignment() | Qt.AlignmentFlag.AlignVCenter), shown)
+
+
+class _MessageInput(QPlainTextEdit):
+    """The message box: Enter sends, Shift+Enter is a new line, Tab leaves it."""
+
+    def __init__(self, parent: QWidget, on_send: Any) -> None:
         super().__init__(parent)
         self._on_send = on_send
+        self.setTabChangesFocus(True)
 
-    def eventFilter(self, watched: QObject, event: QEvent) -> bool:
-        if event.type() == QEvent.Type.KeyPress and isinstance(event, QKeyEvent):
-            enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
-            if enter and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
-                self._on_send()
-                return True
-        return False
+    def keyPressEvent(self, event: Any) -> None:
+        enter = event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+        if enter and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier:
+            self._on_send()
+            return
+        super().keyPressEvent(event)
 
 
 class ChatWindow(QMainWindow):
@@ -128,11 +160,14 @@ class ChatWindow(QMainWindow):
         self._model: LoadedModel | None = None
         self._crashed_path: str | None = None  # offered for loading again after a crash
         self._device_memory: dict[str, tuple[int, int]] = {}
-        self._reply_id: int | None = None
-        self._reply_conversation_id: int | None = None
+        # The reply being written (in any conversation, shown or not).
+        self._reply: StoredMessage | None = None
         self._reply_text = ""
         self._reply_reasoning = ""
         self._reply_saved_at = 0.0
+        self._reasoning_started: float | None = None
+        self._reasoning_s: float | None = None
+        self._editing: int | None = None  # the user message being edited, if any
         self._generating = False
         self._tuning = False
         self.sampling = SamplingSettings()  # how replies are sampled (fixed until settings)
@@ -143,7 +178,8 @@ class ChatWindow(QMainWindow):
         self.api.changed.connect(self._on_api_changed)
         self.api.failed.connect(self.show_error)
         self.downloads.changed.connect(self._on_downloads_changed)
-        self._refresh_conversations()
+        self.store.prune_empty()  # the empty chats an earlier run left
+        self._open_conversation(None)
         self._memory_timer = QTimer(self)
         self._memory_timer.setInterval(1000)
         self._memory_timer.timeout.connect(self._on_memory_timer_timeout)
@@ -167,40 +203,35 @@ class ChatWindow(QMainWindow):
 
     def _build_ui(self) -> None:
         splitter = QSplitter(Qt.Orientation.Horizontal, self)
-
-        side = QWidget(splitter)
-        side_layout = QVBoxLayout(side)
-        side_layout.setContentsMargins(8, 8, 4, 8)
-        self.new_button = QPushButton("New chat", side)
-        self.new_button.clicked.connect(self._on_new_button_clicked)
-        side_layout.addWidget(self.new_button)
-        self.conversation_list = QListWidget(side)
-        self.conversation_list.currentItemChanged.connect(self._on_conversation_list_changed)
-        self.conversation_list.itemDoubleClicked.connect(lambda _item: self.rename_current())
-        side_layout.addWidget(self.conversation_list, 1)
-        row = QHBoxLayout()
-        self.rename_button = QPushButton("Rename", side)
-        self.rename_button.clicked.connect(self.rename_current)
-        self.delete_button = QPushButton("Delete", side)
-        self.delete_button.clicked.connect(self.delete_current)
-        row.addWidget(self.rename_button)
-        row.addWidget(self.delete_button)
-        side_layout.addLayout(row)
+        splitter.setChildrenCollapsible(False)
+        self.sidebar = Sidebar(self.store, splitter)
+        self.sidebar.conversation_chosen.connect(self._on_sidebar_conversation_chosen)
+        self.sidebar.message_found.connect(self._on_sidebar_message_found)
+        self.sidebar.new_requested.connect(self._on_new_button_clicked)
+        self.sidebar.rename_requested.connect(self.rename_current)
+        self.sidebar.delete_requested.connect(self.delete_current)
+        self.sidebar.setMinimumWidth(170)
+        self.new_button = self.sidebar.new_button
+        self.rename_button = self.sidebar.rename_button
+        self.delete_button = self.sidebar.delete_button
+        self.conversation_list = self.sidebar.conversation_list
 
         main = QWidget(splitter)
         layout = QVBoxLayout(main)
         layout.setContentsMargins(4, 8, 8, 8)
         model_row = QHBoxLayout()
-        self.model_label = QLabel(main)
+        self.model_label = ElidedLabel(main)
         self.model_label.setObjectName("modelLabel")
         self.models_button = QPushButton("Models…", main)
         self.models_button.setToolTip("What runs well on this machine, and your local models")
         self.models_button.clicked.connect(self.open_model_manager)
         self.open_button = QPushButton("Open model…", main)
+        self.open_button.setToolTip("Load a .gguf file from this computer")
         self.open_button.clicked.connect(self._on_open_button_clicked)
         self.load_progress = QProgressBar(main)
+        self.load_progress.setAccessibleName("Loading progress")
         self.load_progress.setRange(0, 100)
-        self.load_progress.setMaximumWidth(160)
+        self.load_progress.setMaximumWidth(120)
         self.load_progress.hide()
         model_row.addWidget(self.model_label, 1)
         model_row.addWidget(self.load_progress)
@@ -210,11 +241,13 @@ class ChatWindow(QMainWindow):
 
         self.error_banner = QWidget(main)
         self.error_banner.setObjectName("errorBanner")
+        self.error_banner.setAttribute(Qt.WidgetAttribute.WA_StyledBackground, True)
         banner_layout = QHBoxLayout(self.error_banner)
         banner_layout.setContentsMargins(10, 6, 6, 6)
         self.error_label = QLabel(self.error_banner)
         self.error_label.setWordWrap(True)
         self.error_label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.error_label.setAccessibleName("Error")
         self.reload_button = QPushButton("Load again", self.error_banner)
         self.reload_button.setToolTip("Start the engine again and load the same model")
         self.reload_button.clicked.connect(self._on_reload_button_clicked)
@@ -222,6 +255,7 @@ class ChatWindow(QMainWindow):
         close = QToolButton(self.error_banner)
         close.setText("✕")
         close.setToolTip("Dismiss")
+        close.setAccessibleName("Dismiss the message")
         close.clicked.connect(self.error_banner.hide)
         banner_layout.addWidget(self.error_label, 1)
         banner_layout.addWidget(self.reload_button, 0, Qt.AlignmentFlag.AlignTop)
@@ -229,23 +263,60 @@ class ChatWindow(QMainWindow):
         self.error_banner.hide()
         layout.addWidget(self.error_banner)
 
-        self.view = QTextBrowser(main)
-        self.view.setOpenExternalLinks(True)
-        self.view.setObjectName("conversationView")
+        chat_row = QHBoxLayout()
+        self.system_button = QPushButton("System prompt…", main)
+        self.system_button.setAccessibleName("System prompt")
+        self.system_button.setToolTip("Instructions the model reads before this chat")
+        self.system_button.clicked.connect(self.open_system_prompt)
+        self.reasoning_combo = QComboBox(main)
+        self.reasoning_combo.setAccessibleName("Reasoning")
+        self.reasoning_combo.setToolTip("How much the model thinks before it answers, in this chat")
+        self.reasoning_combo.activated.connect(self._on_reasoning_combo_activated)
+        self.reasoning_combo.hide()
+        self.context_label = QLabel(main)
+        self.context_label.setObjectName("hintLabel")
+        self.context_label.setAccessibleName("Context used")
+        chat_row.addWidget(self.system_button)
+        chat_row.addWidget(self.reasoning_combo)
+        chat_row.addStretch(1)
+        chat_row.addWidget(self.context_label)
+        layout.addLayout(chat_row)
+
+        self.view = MessageView(main)
+        self.view.regenerate_requested.connect(self.regenerate)
+        self.view.edit_requested.connect(self.edit_message)
+        self.view.continue_requested.connect(self.continue_reply)
+        self.view.alternative_chosen.connect(self._on_view_alternative_chosen)
         layout.addWidget(self.view, 1)
 
+        self.edit_bar = QWidget(main)
+        edit_layout = QHBoxLayout(self.edit_bar)
+        edit_layout.setContentsMargins(0, 0, 0, 0)
+        edit_label = QLabel("Editing a message: Enter sends it as a new version.", self.edit_bar)
+        edit_label.setObjectName("hintLabel")
+        self.cancel_edit_button = QPushButton("Cancel edit", self.edit_bar)
+        self.cancel_edit_button.setToolTip("Keep the message as it was (Esc)")
+        self.cancel_edit_button.clicked.connect(self.cancel_edit)
+        edit_layout.addWidget(edit_label, 1)
+        edit_layout.addWidget(self.cancel_edit_button)
+        self.edit_bar.hide()
+        layout.addWidget(self.edit_bar)
+
         input_row = QHBoxLayout()
-        self.input = QPlainTextEdit(main)
+        self.input = _MessageInput(main, self.send)
+        self.input.setAccessibleName("Message")
         self.input.setPlaceholderText(
             "Message the model (Enter to send, Shift+Enter for a new line)"
         )
         self.input.setMaximumHeight(90)
-        self.input.installEventFilter(_EnterToSend(self, self.send))
+        self.input.textChanged.connect(self._on_input_text_changed)
         self.send_button = QPushButton("Send", main)
         self.send_button.setDefault(True)
+        self.send_button.setToolTip("Send (Enter)")
         self.send_button.clicked.connect(self.send)
         self.stop_button = QPushButton("Stop", main)
         self.stop_button.setEnabled(False)
+        self.stop_button.setToolTip("Stop the reply (Esc)")
         self.stop_button.clicked.connect(self.stop)
         buttons = QVBoxLayout()
         buttons.addWidget(self.send_button)
@@ -254,23 +325,34 @@ class ChatWindow(QMainWindow):
         input_row.addLayout(buttons)
         layout.addLayout(input_row)
 
-        splitter.addWidget(side)
+        splitter.addWidget(self.sidebar)
         splitter.addWidget(main)
         splitter.setStretchFactor(1, 1)
         splitter.setSizes([240, 860])
         self.setCentralWidget(splitter)
+        for before, after in (
+            (self.sidebar.delete_button, self.models_button),
+            (self.models_button, self.open_button),
+            (self.open_button, self.system_button),
+            (self.system_button, self.reasoning_combo),
+            (self.reasoning_combo, self.view),
+            (self.view, self.input),
+            (self.input, self.send_button),
+            (self.send_button, self.stop_button),
+        ):
+            self.setTabOrder(before, after)
 
         status = self.statusBar()
         self.speed_label = QLabel("- tok/s")
         self.ttft_label = QLabel("first token -")
         self.ram_label = QLabel("RAM -")
         self.vram_label = QLabel("VRAM -")
-        self.download_label = QLabel()
+        self.download_label = ElidedLabel()
         self.download_label.setObjectName("statLabel")
-        status.addWidget(self.download_label)
-        self.queue_label = QLabel()
+        status.addWidget(self.download_label, 1)
+        self.queue_label = ElidedLabel()
         self.queue_label.setObjectName("statLabel")
-        status.addWidget(self.queue_label)
+        status.addWidget(self.queue_label, 1)
         self.server_label = QLabel()
         self.server_label.setObjectName("serverLabel")
         self.server_label.setToolTip(
@@ -289,6 +371,7 @@ class ChatWindow(QMainWindow):
             "&Open model…", QKeySequence.StandardKey.Open, self._on_open_button_clicked
         )
         file_menu.addAction("&Models…", QKeySequence("Ctrl+M"), self.open_model_manager)
+        file_menu.addAction("&Export chat…", QKeySequence("Ctrl+Shift+S"), self.export_current)
         settings_action = file_menu.addAction(
             "&Settings…", QKeySequence("Ctrl+,"), self.open_settings
         )
@@ -296,11 +379,22 @@ class ChatWindow(QMainWindow):
         file_menu.addSeparator()
         quit_action = file_menu.addAction("&Quit", QKeySequence.StandardKey.Quit, self.close)
         quit_action.setMenuRole(QAction.MenuRole.QuitRole)
+        chat_menu = self.menuBar().addMenu("&Chat")
+        chat_menu.addAction("&Search all chats", QKeySequence.StandardKey.Find,
+                            self.sidebar.start_search)  # fmt: skip
+        chat_menu.addAction("&Rename chat", QKeySequence("F2"), self.rename_current)
+        chat_menu.addAction("&System prompt…", self.open_system_prompt)
+        chat_menu.addAction("&Copy last reply", QKeySequence("Ctrl+Shift+C"), self.copy_last_reply)
+        self.stop_action = chat_menu.addAction("S&top reply", QKeySequence("Esc"), self.escape)
         view_menu = self.menuBar().addMenu("&View")
         view_menu.addAction("&Experts…", QKeySequence("Ctrl+E"), self.open_experts)
         help_menu = self.menuBar().addMenu("&Help")
         about_action = help_menu.addAction("&About MoE Chat", self.open_about)
         about_action.setMenuRole(QAction.MenuRole.AboutRole)
+        self._draft_timer = QTimer(self)
+        self._draft_timer.setSingleShot(True)
+        self._draft_timer.setInterval(DRAFT_SAVE_DELAY_MS)
+        self._draft_timer.timeout.connect(self._save_draft)
 
     def _start_host(self) -> None:
         self.worker = HostAdapter(parent=self)
@@ -393,15 +487,20 @@ class ChatWindow(QMainWindow):
 
     @Slot()
     def _on_open_button_clicked(self) -> None:
-        start = self.store.get_setting(LAST_MODEL_KEY) or str(Path.home())
         path, _ = QFileDialog.getOpenFileName(
-            self,
-            "Open a GGUF model",
-            str(Path(start).parent),
-            "GGUF models (*.gguf);;All files (*)",
+            self, "Open a GGUF model", self.open_folder(), "GGUF models (*.gguf);;All files (*)"
         )
         if path:
             self.load_model(path)
+
+    def open_folder(self) -> str:
+        """Where "Open model…" starts: the last model's folder, else the models folder, else
+        home."""
+        last = self.store.get_setting(LAST_MODEL_KEY)
+        for folder in (Path(last).parent if last else None, self.library.models_dir):
+            if folder is not None and folder.is_dir():
+                return str(folder)
+        return str(Path.home())
 
     @Slot()
     def tune_model(self) -> None:
@@ -424,7 +523,7 @@ class ChatWindow(QMainWindow):
 
     @Slot(str)
     def _on_worker_tune_started(self, name: str) -> None:
-        self.model_label.setText(f"Tuning {html.escape(name)} for this machine…")
+        self.model_label.setText(f"Tuning {name} for this machine…")
         self.load_progress.setValue(0)
         self.load_progress.show()
         self.open_button.setEnabled(False)
@@ -471,10 +570,11 @@ class ChatWindow(QMainWindow):
             else ""
         )
         self.model_label.setText(
-            f"Model: <b>{html.escape(model.name)}</b> · {model.file_type}{experts} · "
-            f"context {model.n_ctx} · {html.escape(model.placement)}"
+            f"Model: {model.name} · {model.file_type}{experts} · context {model.n_ctx} · "
+            f"{model.placement}"
         )
         self.store.set_setting(LAST_MODEL_KEY, model.path)
+        self._show_chat_settings()
         if self.library.find_path(model.path) is None:  # opened by hand: list it from now on
             path = model.path
             run_in_background(
@@ -503,43 +603,66 @@ class ChatWindow(QMainWindow):
         self.load_progress.hide()
         self.open_button.setEnabled(True)
         self.model_label.setText(label)
+        self._show_chat_settings()
         self.show_error(message, reload_path)
         self.model_failed.emit(message)
 
     # -- conversations ---------------------------------------------------------------------
 
-    def _refresh_conversations(self, select: int | None = None) -> None:
-        conversations = self.store.conversations()
-        if not conversations:
-            conversations = [self.store.create_conversation()]
-        target = select if select is not None else (self._conversation_id or conversations[0].id)
-        self.conversation_list.blockSignals(True)
-        self.conversation_list.clear()
-        current = None
-        for conversation in conversations:
-            item = QListWidgetItem(conversation.title)
-            item.setData(Qt.ItemDataRole.UserRole, conversation.id)
-            self.conversation_list.addItem(item)
-            if conversation.id == target:
-                current = item
-        self.conversation_list.blockSignals(False)
-        self.conversation_list.setCurrentItem(current or self.conversation_list.item(0))
-
-    @Slot(QListWidgetItem, QListWidgetItem)
-    def _on_conversation_list_changed(self, item: QListWidgetItem | None, _previous: Any) -> None:
-        if item is None:
-            return
-        conversation_id = int(item.data(Qt.ItemDataRole.UserRole))
-        if conversation_id != self._conversation_id and self._generating:
-            self.stop()
+    def _open_conversation(self, conversation_id: int | None) -> None:
+        """Show ``conversation_id`` (the most recent one, or a new one, when None): its
+        messages, its draft, its settings. The chat left behind keeps its draft, and goes
+        if nothing was ever written in it."""
+        leaving = self._conversation_id
+        if leaving is not None and leaving != conversation_id:
+            self._save_draft()
+            self.cancel_edit()
+        if conversation_id is None:
+            conversations = self.store.conversations()
+            conversation_id = (
+                conversations[0].id if conversations else self.store.create_conversation().id
+            )
         self._conversation_id = conversation_id
+        if leaving is not None and leaving != conversation_id:
+            running = self._reply.conversation_id if self._reply else None
+            self.store.prune_empty(keep=running if running == leaving else conversation_id)
+        self.sidebar.refresh(select=conversation_id)
+        conversation = self.store.conversation(conversation_id)
+        self.input.blockSignals(True)
+        self.input.setPlainText(conversation.draft)
+        self.input.moveCursor(self.input.textCursor().MoveOperation.End)
+        self.input.blockSignals(False)
         self._render_conversation()
+        self._show_chat_settings()
+
+    @Slot(int)
+    def _on_sidebar_conversation_chosen(self, conversation_id: int) -> None:
+        if conversation_id != self._conversation_id:
+            self._open_conversation(conversation_id)
+
+    @Slot(int, int)
+    def _on_sidebar_message_found(self, conversation_id: int, message_id: int) -> None:
+        """A search result: show its conversation, with the path through that message."""
+        if not self._generating or self._reply is None or (
+            self._reply.conversation_id != conversation_id
+        ):  # fmt: skip
+            self.store.choose(message_id)  # (never re-route the path a reply is written on)
+        self._open_conversation(conversation_id)
+        self.view.scroll_to(message_id)
 
     @Slot()
     def _on_new_button_clicked(self) -> None:
-        conversation = self.store.create_conversation()
-        self._refresh_conversations(select=conversation.id)
+        current = self._conversation_id
+        if current is not None and self._is_empty(current) and not self.input.toPlainText():
+            self.input.setFocus()  # this one is still empty: no pile of empty chats
+            return
+        self._open_conversation(self.store.create_conversation().id)
         self.input.setFocus()
+
+    def _is_empty(self, conversation_id: int) -> bool:
+        conversation = self.store.conversation(conversation_id)
+        empty = not conversation.system_prompt and not self.store.messages(conversation_id)
+        return empty and (self._reply is None or self._reply.conversation_id != conversation_id)
 
     @Slot()
     def rename_current(self) -> None:
@@ -549,7 +672,7 @@ class ChatWindow(QMainWindow):
         title, ok = QInputDialog.getText(self, "Rename chat", "Title:", text=current.title)
         if ok and title.strip():
             self.store.rename_conversation(current.id, title)
-            self._refresh_conversations(select=current.id)
+            self.sidebar.refresh(select=current.id)
 
     @Slot()
     def delete_current(self) -> None:
@@ -561,136 +684,299 @@ class ChatWindow(QMainWindow):
         )
         if answer != QMessageBox.StandardButton.Yes:
             return
-        if self._generating:
+        if self._reply is not None and self._reply.conversation_id == current.id:
             self.stop()
+            self._reply = None  # what it still sends has nowhere to go
         self.store.delete_conversation(current.id)
         self._conversation_id = None
-        self._refresh_conversations()
+        self._open_conversation(None)
+
+    @Slot()
+    def export_current(self) -> None:
+        if self._conversation_id is None:
+            return
+        conversation = self.store.conversation(self._conversation_id)
+        name = "".join(c if c.isalnum() or c in " -_" else "_" for c in conversation.title).strip()
+        filters = ";;".join(export.FORMATS.values())
+        path, chosen = QFileDialog.getSaveFileName(
+            self, "Export chat", str(Path.home() / f"{name or 'chat'}.md"), filters
+        )
+        if not path:
+            return
+        if Path(path).suffix.lower() not in (".md", ".json"):
+            path += ".json" if chosen == export.FORMATS["json"] else ".md"
+        try:
+            export.export(self.store, conversation.id, path)
+        except MoeChatError as exc:
+            self.show_error(str(exc))
+
+    @Slot()
+    def open_system_prompt(self) -> SystemPromptDialog | None:
+        if self._conversation_id is None:
+            return None
+        dialog = SystemPromptDialog(self.store, self._conversation_id, self)
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        dialog.accepted.connect(self._show_chat_settings)
+        dialog.open()
+        return dialog
+
+    def _show_chat_settings(self) -> None:
+        """The shown conversation's system prompt and reasoning setting, and the context it
+        used, as the loaded model takes them."""
+        if self._conversation_id is None:
+            return
+        conversation = self.store.conversation(self._conversation_id)
+        prompt = " ".join(conversation.system_prompt.split())
+        self.system_button.setText(
+            "System prompt…" if not prompt else f"System: {prompt[:24]}…" if len(prompt) > 24
+            else f"System: {prompt}"
+        )  # fmt: skip
+        self.system_button.setToolTip(conversation.system_prompt or "No system prompt")
+        supported = self._model.template_options if self._model is not None else ()
+        choices = next((REASONING_CHOICES[o] for o in supported if o in REASONING_CHOICES), None)
+        self.reasoning_combo.setVisible(choices is not None)
+        if choices is not None:
+            self.reasoning_combo.clear()
+            for text, value in choices:
+                self.reasoning_combo.addItem(text, value)
+            index = self.reasoning_combo.findData(conversation.reasoning)
+            self.reasoning_combo.setCurrentIndex(max(index, 0))
+        self._show_context()
+
+    def _show_context(self) -> None:
+        """Tokens the last reply had in context, of the model's context; and the turns that
+        no longer fit."""
+        replies = [m for m in self._shown_messages() if m.role == "assistant" and m.stats]
+        if self._model is None or not replies:
+            self.context_label.setText("")
+            return
+        stats = replies[-1].stats or {}
+        used = stats.get("prompt_tokens", 0) + stats.get("generated_tokens", 0)
+        text = f"Context: {used:,} of {self._model.n_ctx:,} tokens"
+        dropped = stats.get("dropped_turns", 0)
+        if dropped:
+            text += f" · {dropped} old turn{'s' if dropped > 1 else ''} left out"
+        self.context_label.setText(text)
+
+    @Slot(int)
+    def _on_reasoning_combo_activated(self, index: int) -> None:
+        if self._conversation_id is not None:
+            self.store.set_reasoning(self._conversation_id, self.reasoning_combo.itemData(index))
+
+    @Slot()
+    def _on_input_text_changed(self) -> None:
+        self._draft_timer.start()
+
+    def _save_draft(self) -> None:
+        self._draft_timer.stop()
+        if self._conversation_id is not None and self._editing is None:
+            with contextlib.suppress(MoeChatError):  # the chat may have just been deleted
+                self.store.set_draft(self._conversation_id, self.input.toPlainText())
 
     # -- rendering -------------------------------------------------------------------------
 
-    def _message_html(self, message: StoredMessage) -> str:
-        if message.role == "user":
-            who = "You"
-            colour = "#2563eb"
-        else:
-            who = html.escape(message.model_name or "Assistant")
-            colour = "#059669"
-        body = html.escape(message.content).replace("\n", "<br>")
-        if message.reasoning:
-            thought = html.escape(message.reasoning).replace("\n", "<br>")
-            body = (
-                "<p style='margin:0 0 6px 0; color:#6b7280; font-size:small'>"
-                f"<i>Thinking: {thought}</i></p>{body}"
-            )
-        foot = ""
-        if message.role == "assistant":
-            if message.stats:
-                foot = (
-                    "<p style='margin-top:3px; color:#6b7280; font-size:small'>"
-                    f"{stats_line(message.stats)}</p>"
-                )
-            elif not message.complete and message.id != self._reply_id:
-                foot = "<p style='margin-top:3px; color:#b45309; font-size:small'>interrupted</p>"
-        return (
-            f"<p style='margin-top:14px; margin-bottom:3px'><b style='color:{colour}'>{who}</b></p>"
-            f"<p style='margin:0'>{body}</p>{foot}"
+    def _live_reply(self) -> StoredMessage:
+        """The reply being written, as far as it has come."""
+        assert self._reply is not None
+        stats = {"reasoning_s": self._reasoning_s} if self._reasoning_s is not None else None
+        return replace(
+            self._reply, content=self._reply_text, reasoning=self._reply_reasoning, stats=stats
         )
 
-    def _render_conversation(self) -> None:
+    def _shown_messages(self) -> list[StoredMessage]:
         if self._conversation_id is None:
-            self.view.clear()
-            return
+            return []
         messages = self.store.messages(self._conversation_id)
-        self.view.setHtml("".join(self._message_html(m) for m in messages))
-        self.view.moveCursor(QTextCursor.MoveOperation.End)
+        if self._reply is not None:  # what the store has of it is up to a second old
+            live = self._live_reply()
+            messages = [replace(live, alternatives=m.alternatives) if m.id == live.id else m
+                        for m in messages]  # fmt: skip
+        return messages
+
+    def _render_conversation(self) -> None:
+        running = self._reply.id if self._reply is not None else None
+        self.view.set_busy(self._generating)
+        self.view.show_messages(self._shown_messages(), running)
+
+    def _render_message(self, message_id: int) -> None:
+        """Show the latest of one message of the shown conversation."""
+        for message in self._shown_messages():
+            if message.id == message_id:
+                self.view.update_message(message)
+
+    @Slot(int)
+    def _on_view_alternative_chosen(self, message_id: int) -> None:
+        if self._generating:
+            return
+        self.store.choose(message_id)
+        self._render_conversation()
+        self._show_context()
 
     # -- chatting --------------------------------------------------------------------------
+
+    def _can_reply(self) -> bool:
+        if self._generating:
+            return False
+        if self._tuning:
+            self.show_error("Tuning is measuring the model; chat resumes when it is loaded again.")
+            return False
+        if self._model is None:
+            self.show_error("No model is loaded. Use “Open model…” to choose a .gguf file.")
+            return False
+        return True
 
     @Slot()
     def send(self) -> None:
         text = self.input.toPlainText().strip()
-        if not text or self._generating:
-            return
-        if self._tuning:
-            self.show_error("Tuning is measuring the model; chat resumes when it is loaded again.")
-            return
-        if self._model is None:
-            self.show_error("No model is loaded. Use “Open model…” to choose a .gguf file.")
+        if not text or not self._can_reply():
             return
         if self._conversation_id is None:
-            self._refresh_conversations(select=self.store.create_conversation().id)
+            self._open_conversation(self.store.create_conversation().id)
         assert self._conversation_id is not None
         conversation_id = self._conversation_id
         self.error_banner.hide()
+        if self._editing is not None:
+            message = self.store.edit_message(self._editing, text)
+            self.cancel_edit()
+        else:
+            first = not any(m.role == "user" for m in self.store.messages(conversation_id))
+            message = self.store.add_message(conversation_id, "user", text)
+            if first:
+                self.store.rename_conversation(conversation_id, _title_from(text))
         self.input.clear()
-        history = self.store.messages(conversation_id)
-        self.store.add_message(conversation_id, "user", text)
-        if not any(m.role == "user" for m in history):
-            self.store.rename_conversation(conversation_id, _title_from(text))
-            self._refresh_conversations(select=conversation_id)
-        chat = tuple(
+        self.store.set_draft(conversation_id, "")
+        self._start_reply(conversation_id, message.id)
+
+    @Slot(int)
+    def regenerate(self, message_id: int) -> None:
+        """Write a reply again; the old one stays, as an alternative."""
+        if not self._can_reply():
+            return
+        message = self.store.message(message_id)
+        if message.parent_id is not None:
+            self._start_reply(message.conversation_id, message.parent_id)
+
+    @Slot(int)
+    def continue_reply(self, message_id: int) -> None:
+        """Go on writing a reply that was cut short, from its last word."""
+        if not self._can_reply():
+            return
+        message = self.store.message(message_id)
+        if can_continue(message):
+            self.store.choose(message_id)
+            self._start_reply(message.conversation_id, None, resume=message)
+
+    @Slot(int)
+    def edit_message(self, message_id: int) -> None:
+        """Put a message of yours in the input, to send as a new version of it."""
+        if self._generating:
+            return
+        self._save_draft()
+        self._editing = message_id
+        self.input.blockSignals(True)
+        self.input.setPlainText(self.store.message(message_id).content)
+        self.input.blockSignals(False)
+        self.edit_bar.show()
+        self.input.setFocus()
+
+    @Slot()
+    def cancel_edit(self) -> None:
+        if self._editing is None:
+            return
+        self._editing = None
+        self.edit_bar.hide()
+        if self._conversation_id is not None:
+            self.input.setPlainText(self.store.conversation(self._conversation_id).draft)
+
+    def _start_reply(
+        self, conversation_id: int, parent_id: int | None, resume: StoredMessage | None = None
+    ) -> None:
+        """Ask for a reply after ``parent_id`` (or go on with ``resume``), in the chat shown."""
+        assert self._model is not None
+        conversation = self.store.conversation(conversation_id)
+        if resume is not None:
+            self.store.reopen_reply(resume.id)
+            reply = self.store.message(resume.id)
+        else:
+            reply = self.store.start_reply(conversation_id, self._model.name, parent_id)
+        path = self.store.messages(conversation_id)
+        history = path if resume is not None else path[:-1]
+        chat = [ChatMessage("system", conversation.system_prompt)] if conversation.system_prompt \
+            else []  # fmt: skip
+        chat += [
             ChatMessage(m.role, m.content, m.reasoning)
-            for m in self.store.messages(conversation_id)
-            if m.content or m.role == "user"
-        )
-        reply = self.store.start_reply(conversation_id, self._model.name)
-        self._reply_id = reply.id
-        self._reply_conversation_id = conversation_id
-        self._reply_text = ""
-        self._reply_reasoning = ""
+            for m in history
+            if m.content or m.role == "user" or m.id == reply.id
+        ]
+        self._reply = reply
+        self._reply_text = reply.content
+        self._reply_reasoning = reply.reasoning
         self._reply_saved_at = time.monotonic()
-        self._render_conversation()  # ends with the empty reply; pieces are appended to it
+        self._reasoning_started = self._reasoning_s = None
         self._set_generating(True)
-        self.worker.generate(ChatRequest(chat, self.sampling))
+        self.sidebar.running = conversation_id
+        self.sidebar.refresh(select=self._conversation_id)
+        self._render_conversation()
+        options = template_options(conversation.reasoning, self._model.template_options)
+        self.worker.generate(ChatRequest(tuple(chat), self.sampling, options, resume is not None))
 
     @Slot()
     def stop(self) -> None:
         """Stop the reply; it ends within one token (or never starts, if it was waiting)."""
         self.worker.stop()
 
+    @Slot()
+    def escape(self) -> None:
+        """Esc: stop the reply; else leave editing; else leave the search."""
+        if self._generating:
+            self.stop()
+        elif self._editing is not None:
+            self.cancel_edit()
+        elif self.sidebar.search.text():
+            self.sidebar.clear_search()
+
+    @Slot()
+    def copy_last_reply(self) -> None:
+        reply = self.view.last_reply()
+        if reply is not None:
+            QGuiApplication.clipboard().setText(reply.content)
+
     def _set_generating(self, generating: bool) -> None:
         self._generating = generating
         self.send_button.setEnabled(not generating)
         self.stop_button.setEnabled(generating)
         self.open_button.setEnabled(not generating)
+        self.view.set_busy(generating)
 
     @Slot(str)
     def _on_worker_token_received(self, piece: str) -> None:
-        if self._reply_id is None:
+        if self._reply is None:
             return
-        if self._reply_reasoning and not self._reply_text:
-            piece = "\n" + piece.lstrip()  # the answer starts below the reasoning
+        if self._reasoning_started is not None and self._reasoning_s is None:
+            self._reasoning_s = time.monotonic() - self._reasoning_started
         self._reply_text += piece
-        self._show_piece(piece, reasoning=False)
+        self._show_piece(piece)
 
     @Slot(str)
     def _on_worker_reasoning_received(self, piece: str) -> None:
-        if self._reply_id is None:
+        if self._reply is None:
             return
-        shown = piece if self._reply_reasoning else "Thinking: " + piece
+        if self._reasoning_started is None:
+            self._reasoning_started = time.monotonic()
         self._reply_reasoning += piece
-        self._show_piece(shown, reasoning=True)
+        self._show_piece(piece)
 
-    def _show_piece(self, piece: str, reasoning: bool) -> None:
-        """Append a streamed piece to the reply in view (grey italics for reasoning), and
-        save the reply now and then."""
-        assert self._reply_id is not None
-        if self._reply_conversation_id == self._conversation_id:
-            cursor = self.view.textCursor()
-            cursor.movePosition(QTextCursor.MoveOperation.End)
-            style = QTextCharFormat()
-            if reasoning:
-                style.setForeground(self.palette().placeholderText())
-                style.setFontItalic(True)
-            cursor.insertText(piece, style)
-            bar = self.view.verticalScrollBar()
-            bar.setValue(bar.maximum())
+    def _show_piece(self, piece: str) -> None:
+        """Show the reply as far as it has come, if its chat is in view, and save it now and
+        then."""
+        assert self._reply is not None
+        if self._reply.conversation_id == self._conversation_id:
+            self.view.update_message(self._live_reply(), running=True)
             self.piece_shown.emit(piece)
         now = time.monotonic()
         if now - self._reply_saved_at >= SAVE_INTERVAL_S:
             self._reply_saved_at = now
-            self.store.update_reply(self._reply_id, self._reply_text, self._reply_reasoning)
+            self.store.update_reply(self._reply.id, self._reply_text, self._reply_reasoning)
 
     @Slot(int, float, float)
     def _on_worker_live_stats(self, tokens: int, rate: float, ttft: float) -> None:
@@ -700,33 +986,48 @@ class ChatWindow(QMainWindow):
     @Slot(object, bool)
     def _on_worker_reply_finished(self, result: Stats, profiling: bool) -> None:
         stats = {**result.to_dict(), "profiling": profiling}
+        if self._reasoning_s is not None:
+            stats["reasoning_s"] = self._reasoning_s
         self._device_memory = dict(result.device_memory)
-        if self._reply_id is not None:
-            self.store.finish_reply(self._reply_id, self._reply_text, stats, self._reply_reasoning)
+        reply = self._reply
+        if reply is not None:
+            self.store.finish_reply(reply.id, self._reply_text, stats, self._reply_reasoning)
             if self._model is not None and stats.get("generated_tokens", 0) > 8:
                 measured = self.store.get_setting(MEASURED_KEY, {})
                 entry = measured.setdefault(self._model.path, {})
                 entry["generation_tokens_per_s"] = stats["generation_tokens_per_s"]
                 self.store.set_setting(MEASURED_KEY, measured)
-        self._reply_id = None
-        self._set_generating(False)
+        self._end_reply()
         self.speed_label.setText(f"{stats['generation_tokens_per_s']:.1f} tok/s")
         self.ttft_label.setText(f"first token {stats['time_to_first_token'] * 1000:.0f} ms")
-        self._render_conversation()
         self.reply_done.emit(stats)
 
     @Slot(str, bool)
     def _on_worker_reply_failed(self, message: str, crashed: bool) -> None:
-        if self._reply_id is not None:
+        reply = self._reply
+        if reply is not None:
             if self._reply_text or self._reply_reasoning:
-                self.store.update_reply(self._reply_id, self._reply_text, self._reply_reasoning)
+                self.store.update_reply(reply.id, self._reply_text, self._reply_reasoning)
             else:
-                self.store.delete_message(self._reply_id)
-        self._reply_id = None
-        self._set_generating(False)
-        self._render_conversation()
+                self.store.delete_message(reply.id)
+        self._end_reply()
         if not crashed:  # a crash is reported once, by _on_worker_engine_crashed
             self.show_error(message)
+
+    def _end_reply(self) -> None:
+        """The reply is over (saved by the caller): show it as it is in the store."""
+        reply, self._reply = self._reply, None
+        self._set_generating(False)
+        self.sidebar.running = None
+        self.sidebar.refresh(select=self._conversation_id)
+        if reply is not None and reply.conversation_id == self._conversation_id:
+            if reply.id in self.view.widgets and any(
+                m.id == reply.id for m in self._shown_messages()
+            ):
+                self._render_message(reply.id)
+            else:
+                self._render_conversation()
+        self._show_context()
 
     @Slot(object)
     def _on_worker_engine_crashed(self, event: EngineCrashed) -> None:
@@ -789,8 +1090,9 @@ class ChatWindow(QMainWindow):
     def closeEvent(self, event: QCloseEvent) -> None:
         self.downloads.close()  # what is on disk stays; the download resumes at the next start
         self._memory_timer.stop()
-        if self._reply_id is not None:
-            self.store.update_reply(self._reply_id, self._reply_text, self._reply_reasoning)
+        self._save_draft()
+        if self._reply is not None:
+            self.store.update_reply(self._reply.id, self._reply_text, self._reply_reasoning)
         self.api.stop()  # open streams end; their generations are cancelled
         self.worker.close()  # the engine's process frees the model and ends
         super().closeEvent(event)

@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtWidgets import QApplication
 
     from app.chat_window import ChatWindow
+    from app.theme import THEME_KEY, apply_theme, style_sheet
     from engine.errors import MoeChatError
     from engine.store import Store
 
@@ -94,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     app.setApplicationVersion(package_version())
     app.setDesktopFileName(DESKTOP_ID)  # ties the window to the installed desktop entry
     app.setWindowIcon(QIcon(str(resources.files("resources").joinpath("moe-chat.svg"))))
-    app.setStyleSheet(resources.files("resources").joinpath("style.qss").read_text("utf-8"))
+    app.setStyleSheet(style_sheet())
     _install_excepthook()
     try:
         store = Store()
@@ -103,6 +104,7 @@ def main(argv: list[str] | None = None) -> int:
 
         QMessageBox.critical(None, "MoE Chat cannot start", str(exc))
         return 1
+    apply_theme(app, store.get_setting(THEME_KEY, "system"))
     window = ChatWindow(store, autoload=args.model is None, first_run_models=args.model is None)
     window.show()
     if args.model:

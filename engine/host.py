@@ -35,7 +35,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from pathlib import Path
 from typing import TYPE_CHECKING, Union
 
-from engine.chat_format import Piece, ReplyFormat, TemplateOptions
+from engine.chat_format import Piece, ReplyFormat, TemplateOptions, template_options_supported
 from engine.errors import GenerationError, ModelLoadError, MoeChatError, user_message
 from engine.heat import HeatProfile
 from engine.session import Message, SamplingSettings, Stats
@@ -119,6 +119,9 @@ class LoadedModel:
     predicted_prompt_tokens_per_s: float | None
     tuned: bool  # placed by the last "Tune for this machine"
     tuning: Tuning | None = None  # the last tuning of this file on this machine, if any
+    # The TemplateOptions fields its chat template reads ("reasoning_effort",
+    # "enable_thinking"): what the window offers to set per conversation.
+    template_options: tuple[str, ...] = ()
 
     @property
     def model_id(self) -> str:
@@ -949,6 +952,7 @@ class _Child:
                     predicted_prompt_tokens_per_s=plan.prompt_tokens_per_s if plan else None,
                     tuned=choice.tuned,
                     tuning=Tuning.load(model_key(session.path), choice.machine_key),
+                    template_options=template_options_supported(info.chat_template),
                 )
             )
         )

@@ -32,7 +32,7 @@ def test_api_from_settings_under_load_leaves_the_window_alone(
         type_and_send(qtbot, window, "keep this conversation")
     conversation = window._conversation_id
     before = [(m.id, m.role, m.content) for m in window.store.messages(conversation)]
-    shown = window.view.toPlainText()
+    shown = window.view.shown_text()
 
     dialog = window.open_settings()
     assert isinstance(dialog, SettingsDialog)
@@ -87,7 +87,7 @@ def test_api_from_settings_under_load_leaves_the_window_alone(
     assert any(text.startswith("API: replying to 127.0.0.1") for text in seen_api)
 
     assert [(m.id, m.role, m.content) for m in window.store.messages(conversation)] == before
-    assert window.view.toPlainText() == shown
+    assert window.view.shown_text() == shown
     with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
         type_and_send(qtbot, window, "and now me")
     assert len(window.store.messages(conversation)) == len(before) + 2

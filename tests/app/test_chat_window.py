@@ -62,7 +62,7 @@ def test_a_reply_streams_in_and_the_stats_update(qtbot: QtBot, synthetic_model: 
     stats = finished.args[0]
     # The first piece is shown at once, the rest in batches (one GUI update per 50 ms).
     assert len(pieces) >= 2 and stats["generated_tokens"] >= len(pieces)
-    shown = window.view.toPlainText()
+    shown = window.view.shown_text()
     assert "hello" in shown and "".join(pieces).strip() in shown
     assert "tok/s" in shown  # the reply's stats line
     assert float(window.speed_label.text().split()[0]) > 0
@@ -94,7 +94,7 @@ def test_stop_halts_the_reply(qtbot: QtBot, synthetic_model: Path) -> None:
     stats = finished.args[0]
     assert stats["stop_reason"] == "cancelled"
     assert stats["generated_tokens"] < 1024  # the default limit
-    assert "stopped" in window.view.toPlainText()
+    assert "stopped" in window.view.shown_text()
     [reply] = [m for m in window.store.messages(window._conversation_id) if m.role == "assistant"]
     assert reply.complete and reply.stats["stop_reason"] == "cancelled"
     close(window)
@@ -123,7 +123,7 @@ def test_a_killed_engine_keeps_the_partial_reply_and_offers_to_load_again(
     [question, reply] = window.store.messages(window._conversation_id)
     assert question.content == "tell me a long story"
     assert reply.content.strip() and "".join(shown).strip().startswith(reply.content.strip()[:8])
-    assert not reply.complete and "interrupted" in window.view.toPlainText()
+    assert not reply.complete and "interrupted" in window.view.shown_text()
 
     with qtbot.waitSignal(window.model_ready, timeout=LOAD_TIMEOUT_MS):
         qtbot.mouseClick(window.reload_button, Qt.MouseButton.LeftButton)
@@ -162,7 +162,7 @@ def test_conversations_survive_closing_and_reopening(qtbot: QtBot, synthetic_mod
     again = open_window(qtbot, autoload=True)
     assert again.conversation_list.count() == 1
     assert again.conversation_list.item(0).text() == "remember me"
-    shown = again.view.toPlainText()
+    shown = again.view.shown_text()
     assert "remember me" in shown and reply_text.strip() in shown
     # The model file is remembered and loaded again at start.
     assert again.store.get_setting(LAST_MODEL_KEY) == str(synthetic_model)
@@ -198,7 +198,10 @@ def test_new_rename_and_delete_conversations(qtbot: QtBot, monkeypatch: pytest.M
     window = open_window(qtbot)
     assert window.conversation_list.count() == 1
     qtbot.mouseClick(window.new_button, Qt.MouseButton.LeftButton)
-    assert window.conversation_list.count() == 2
+    assert window.conversation_list.count() == 1  # the chat shown is still empty: reused
+    qtbot.keyClicks(window.input, "a draft")
+    qtbot.mouseClick(window.new_button, Qt.MouseButton.LeftButton)
+    assert window.conversation_list.count() == 2 and window.input.toPlainText() == ""
     # The modal dialogs are answered as a user would.
     monkeypatch.setattr(QInputDialog, "getText", lambda *a, **k: ("Trip planning", True))
     qtbot.mouseClick(window.rename_button, Qt.MouseButton.LeftButton)
