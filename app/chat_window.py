@@ -624,8 +624,7 @@ class ChatWindow(QMainWindow):
             )
         self._conversation_id = conversation_id
         if leaving is not None and leaving != conversation_id:
-            running = self._reply.conversation_id if self._reply else None
-            self.store.prune_empty(keep=running if running == leaving else conversation_id)
+            self.store.prune_empty(keep=conversation_id)  # (a running reply's chat has messages)
         self.sidebar.refresh(select=conversation_id)
         conversation = self.store.conversation(conversation_id)
         self.input.blockSignals(True)

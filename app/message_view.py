@@ -181,7 +181,8 @@ class _CodeBlock(QFrame):
     def _on_copy_button_clicked(self) -> None:
         QGuiApplication.clipboard().setText(self.source)
         self.copy_button.setText("Copied")
-        QTimer.singleShot(1500, lambda: self.copy_button.setText("Copy"))
+        button = self.copy_button  # the timer goes with the button if the block is deleted
+        QTimer.singleShot(1500, button, lambda: button.setText("Copy"))
 
 
 def _button(parent: QWidget, text: str, name: str, tip: str) -> QToolButton:
@@ -358,6 +359,7 @@ class MessageWidget(QFrame):
                 else:
                     self.body.addWidget(block)
                     self.blocks.append(block)
+                block.show()
             if isinstance(block, _CodeBlock):
                 block.set_background(background)
             block.set_segment(segment)
@@ -468,6 +470,7 @@ class MessageView(QScrollArea):
         if running:
             widget.update_message(message, running=True)
         self._layout.insertWidget(self._layout.count() - 1, widget)
+        widget.show()  # now, not at the next event loop turn (the layout would defer it)
         self.widgets[message.id] = widget
         return widget
 
