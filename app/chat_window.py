@@ -456,7 +456,7 @@ class ChatWindow(QMainWindow):
 
     @Slot()
     def open_settings(self) -> SettingsDialog:
-        dialog = SettingsDialog(self.downloads, self, self.api)
+        dialog = SettingsDialog(self.downloads, self, self.api, self.store)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
         return dialog

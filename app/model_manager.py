@@ -624,7 +624,7 @@ class ModelManager(QDialog):
 
     @Slot()
     def open_settings(self) -> SettingsDialog:
-        dialog = SettingsDialog(self.downloads, self, self.api)
+        dialog = SettingsDialog(self.downloads, self, self.api, self.store)
         dialog.accepted.connect(self.downloads_panel.refresh_offline)
         dialog.accepted.connect(self._refill_local)
         dialog.open()

@@ -9,7 +9,9 @@ from pathlib import Path
 
 from PySide6.QtCore import Signal, Slot
 from PySide6.QtWidgets import (
+    QApplication,
     QCheckBox,
+    QComboBox,
     QDialog,
     QDialogButtonBox,
     QFileDialog,
@@ -26,9 +28,11 @@ from PySide6.QtWidgets import (
 from app.api_control import ApiControl
 from app.background import run_in_background
 from app.downloads import Downloads
+from app.theme import THEME_KEY, THEMES, apply_theme
 from engine.downloads import offline_by_environment
 from engine.library import HubSettings
 from engine.server import ServerConfig, ServerError, check_config
+from engine.store import Store
 
 
 class SettingsDialog(QDialog):
@@ -37,10 +41,15 @@ class SettingsDialog(QDialog):
     moved = Signal(str)  # the new folder, or "" when the move failed
 
     def __init__(
-        self, downloads: Downloads, parent: QWidget | None = None, api: ApiControl | None = None
+        self,
+        downloads: Downloads,
+        parent: QWidget | None = None,
+        api: ApiControl | None = None,
+        store: Store | None = None,
     ) -> None:
         super().__init__(parent)
         self.api = api
+        self.store = store
         self.setWindowTitle("Settings")
         self.setMinimumWidth(620)
         self.downloads = downloads
@@ -48,6 +57,16 @@ class SettingsDialog(QDialog):
         hub = self.library.hub
         layout = QVBoxLayout(self)
         form = QFormLayout()
+
+        self.theme = QComboBox(self)
+        self.theme.setAccessibleName("Appearance")
+        for value, text in THEMES.items():
+            self.theme.addItem(text, value)
+        if store is not None:
+            self.theme.setCurrentIndex(max(self.theme.findData(store.get_setting(THEME_KEY)), 0))
+            form.addRow("Appearance", self.theme)
+        else:
+            self.theme.hide()
 
         self.token = QLineEdit(self)
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
@@ -185,6 +204,12 @@ class SettingsDialog(QDialog):
         if it changed."""
         if not self._save_api():
             return
+        theme = self.theme.currentData()
+        if self.store is not None and theme != self.store.get_setting(THEME_KEY, "system"):
+            self.store.set_setting(THEME_KEY, theme)
+            app = QApplication.instance()
+            if isinstance(app, QApplication):
+                apply_theme(app, theme)
         if self.clear_token.isChecked():
             self.library.save_token(None)
         elif self.token.text().strip():

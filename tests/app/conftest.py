@@ -6,6 +6,9 @@ from collections.abc import Iterator
 
 import pytest
 from PySide6.QtCore import QThread
+from PySide6.QtWidgets import QApplication
+
+from app.theme import apply_theme
 
 
 @pytest.fixture(autouse=True)
@@ -24,3 +27,13 @@ def no_running_threads(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         thread.quit()
         thread.wait(5000)
     assert not leaked, f"threads still running after the test: {leaked}"
+
+
+@pytest.fixture
+def restore_theme() -> Iterator[QApplication]:
+    """The app, put back to the system's palette after a test that changes it."""
+    app = QApplication.instance()
+    assert isinstance(app, QApplication)
+    yield app
+    apply_theme(app, "system")
+    app.setStyleSheet("")

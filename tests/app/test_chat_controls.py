@@ -355,3 +355,24 @@ def test_every_control_has_an_accessible_name(qtbot: QtBot) -> None:
     assert unnamed == []
     assert window.view.accessibleName() == "Conversation"
     close(window)
+
+
+def test_the_dark_appearance_is_chosen_in_settings_and_everything_stays_readable(
+    qtbot: QtBot, restore_theme: QApplication
+) -> None:
+    store, *_ = _filled_store()
+    window = show_active(qtbot, ChatWindow(store, autoload=False))
+    dialog = window.open_settings()
+    qtbot.waitExposed(dialog)
+    dialog.theme.setCurrentIndex(dialog.theme.findData("dark"))
+    click(qtbot, dialog.buttons.button(QDialogButtonBox.StandardButton.Save))
+    assert store.get_setting("theme") == "dark"
+    qtbot.wait(50)
+    image = window.view.grab().toImage()
+    assert image.pixelColor(image.width() // 2, image.height() - 10).lightness() < 60
+    status = window.statusBar().grab().toImage()
+    background = status.pixelColor(2, status.height() // 2).lightness()
+    for label in (window.speed_label, window.ram_label, window.context_label):
+        ink = label.palette().color(label.foregroundRole()).lightness()
+        assert abs(ink - background) > 100, label.text()
+    close(window)

@@ -249,19 +249,11 @@ def test_alternatives_step_back_and_forth_and_actions_wait_for_the_reply(
     assert regenerate == [5]
 
 
-@pytest.fixture
-def themed() -> Iterator[QApplication]:
-    app = QApplication.instance()
-    assert isinstance(app, QApplication)
-    yield app
-    apply_theme(app, "system")
-
-
 @pytest.mark.parametrize(("theme", "dark"), [("dark", True), ("light", False)])
 def test_the_conversation_background_follows_the_palette(
-    qtbot: QtBot, themed: QApplication, theme: str, dark: bool
+    qtbot: QtBot, restore_theme: QApplication, theme: str, dark: bool
 ) -> None:
-    apply_theme(themed, theme)
+    apply_theme(restore_theme, theme)
     view = MessageView()
     qtbot.addWidget(view)
     view.resize(500, 400)
