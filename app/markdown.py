@@ -41,7 +41,9 @@ class Segment:
 
 
 def render(text: str, dark: bool = False, hard_breaks: bool = False) -> list[Segment]:
-    """``text`` as segments; an unclosed code fence (a reply still streaming) runs to the end.
+    """``text`` as segments, one per top-level block (a paragraph, a list, a table, a code
+    block), so that a streaming reply changes only its last one. An unclosed code fence (a
+    reply still streaming) runs to the end.
 
     Args:
         dark: highlight code for a dark background.
@@ -67,6 +69,8 @@ def render(text: str, dark: bool = False, hard_breaks: bool = False) -> list[Seg
                                     language))  # fmt: skip
         else:
             pending.append(token)
+            if token.level == 0 and token.nesting <= 0:
+                flush()  # a whole top-level block: its own segment
     flush()
     return segments
 

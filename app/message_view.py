@@ -9,6 +9,7 @@ the bottom; scrolling up to read stays put.
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -35,7 +36,13 @@ from PySide6.QtWidgets import (
 from app.markdown import SAFE_SCHEMES, Segment, code_background, render
 from engine.store import StoredMessage
 
-STREAM_RENDER_INTERVAL_MS = 50  # a streaming reply is re-rendered at most this often
+# A streaming reply is re-rendered at most every 50 ms, and less often when one render (its
+# layout and painting included) costs more than 2% of the wait: the engine writing the reply
+# shares the cores with the window, so the window's share is kept small
+# (bench/generation.py measures what it costs).
+STREAM_RENDER_INTERVAL_MS = 50
+STREAM_RENDER_SHARE = 0.02
+STREAM_RENDER_MAX_INTERVAL_MS = 300
 
 
 def is_dark(palette: QPalette) -> bool:
@@ -94,10 +101,28 @@ class _TextBlock(QLabel):
         self.setSizePolicy(QSizePolicy.Policy.Preferred, QSizePolicy.Policy.Minimum)
         self.linkActivated.connect(open_link)
         self.segment: Segment | None = None
+        self._heights: dict[int, int] = {}  # width: height, for the text shown
 
     def set_segment(self, segment: Segment) -> None:
         self.segment = segment
+        self._heights.clear()
         self.setText(segment.html)
+
+    def heightForWidth(self, width: int) -> int:
+        # The layouts ask every block, at a few widths (with and without the scroll bar), on
+        # each change of any one; laying out rich text is the cost, so an unchanged block
+        # answers from its earlier layouts.
+        height = self._heights.get(width)
+        if height is None:
+            if len(self._heights) > 8:
+                self._heights.clear()
+            height = self._heights[width] = super().heightForWidth(width)
+        return height
+
+    def changeEvent(self, event: QEvent) -> None:
+        if event.type() in (QEvent.Type.FontChange, QEvent.Type.StyleChange):
+            self._heights.clear()
+        super().changeEvent(event)
 
 
 class _CodeText(QTextBrowser):
@@ -504,7 +529,17 @@ class MessageView(QScrollArea):
         self._pending = None
         widget = self.widgets.get(message.id)
         if widget is not None:
+            start = time.perf_counter()
             widget.update_message(message, running)
+            # The layout and painting it causes run after this, from the event queue: the
+            # cost is counted when the queue gets back to the timer posted now.
+            QTimer.singleShot(0, self, lambda: self._pace(start))
+
+    def _pace(self, start: float) -> None:
+        cost_ms = (time.perf_counter() - start) * 1000
+        interval = min(max(cost_ms / STREAM_RENDER_SHARE, STREAM_RENDER_INTERVAL_MS),
+                       STREAM_RENDER_MAX_INTERVAL_MS)  # fmt: skip
+        self._stream_timer.setInterval(round(interval))
 
     def set_busy(self, busy: bool) -> None:
         self.busy = busy
