@@ -43,11 +43,13 @@ from app.downloads import Downloads, describe
 from app.experts_panel import ExpertsPanel
 from app.message_view import MessageView, can_continue
 from app.model_manager import CONTEXT_KEY, MEASURED_KEY, ModelManager
+from app.sampling_dialog import SAMPLING_KEY, SamplingDialog
 from app.settings_dialog import SettingsDialog
 from app.sidebar import Sidebar
 from app.system_prompt import SystemPromptDialog
 from app.worker import WINDOW_CLIENT, HostAdapter
 from engine import export
+from engine.catalog import recommended_sampling
 from engine.chat_format import TemplateOptions
 from engine.downloads import DownloadEvent
 from engine.errors import MoeChatError
@@ -170,7 +172,9 @@ class ChatWindow(QMainWindow):
         self._editing: int | None = None  # the user message being edited, if any
         self._generating = False
         self._tuning = False
-        self.sampling = SamplingSettings()  # how replies are sampled (fixed until settings)
+        self.sampling = SamplingSettings()  # how replies are sampled: the loaded model's
+        self._sampling_defaults = SamplingSettings()
+        self._sampling_source = "MoE Chat's defaults"
 
         self._build_ui()
         self._start_host()
@@ -273,13 +277,17 @@ class ChatWindow(QMainWindow):
         self.reasoning_combo.setToolTip("How much the model thinks before it answers, in this chat")
         self.reasoning_combo.activated.connect(self._on_reasoning_combo_activated)
         self.reasoning_combo.hide()
-        self.context_label = QLabel(main)
+        self.sampling_button = QPushButton("Sampling…", main)
+        self.sampling_button.setToolTip("Temperature, top-p and the rest, for this model")
+        self.sampling_button.clicked.connect(self.open_sampling)
+        self.sampling_button.setEnabled(False)
+        self.context_label = ElidedLabel(main)
         self.context_label.setObjectName("hintLabel")
-        self.context_label.setAccessibleName("Context used")
+        self.context_label.setAlignment(Qt.AlignmentFlag.AlignRight)
         chat_row.addWidget(self.system_button)
         chat_row.addWidget(self.reasoning_combo)
-        chat_row.addStretch(1)
-        chat_row.addWidget(self.context_label)
+        chat_row.addWidget(self.sampling_button)
+        chat_row.addWidget(self.context_label, 1)
         layout.addLayout(chat_row)
 
         self.view = MessageView(main)
@@ -335,7 +343,8 @@ class ChatWindow(QMainWindow):
             (self.models_button, self.open_button),
             (self.open_button, self.system_button),
             (self.system_button, self.reasoning_combo),
-            (self.reasoning_combo, self.view),
+            (self.reasoning_combo, self.sampling_button),
+            (self.sampling_button, self.view),
             (self.view, self.input),
             (self.input, self.send_button),
             (self.send_button, self.stop_button),
@@ -384,6 +393,7 @@ class ChatWindow(QMainWindow):
                             self.sidebar.start_search)  # fmt: skip
         chat_menu.addAction("&Rename chat", QKeySequence("F2"), self.rename_current)
         chat_menu.addAction("&System prompt…", self.open_system_prompt)
+        chat_menu.addAction("Sa&mpling settings…", self.open_sampling)
         chat_menu.addAction("&Copy last reply", QKeySequence("Ctrl+Shift+C"), self.copy_last_reply)
         self.stop_action = chat_menu.addAction("S&top reply", QKeySequence("Esc"), self.escape)
         view_menu = self.menuBar().addMenu("&View")
@@ -574,6 +584,7 @@ class ChatWindow(QMainWindow):
             f"{model.placement}"
         )
         self.store.set_setting(LAST_MODEL_KEY, model.path)
+        self._take_sampling(model)
         self._show_chat_settings()
         if self.library.find_path(model.path) is None:  # opened by hand: list it from now on
             path = model.path
@@ -719,6 +730,37 @@ class ChatWindow(QMainWindow):
         dialog.open()
         return dialog
 
+    def _take_sampling(self, model: LoadedModel) -> None:
+        """The model's sampling: MoE Chat's defaults, then its family's recommendation, then
+        what its file recommends; then what the user changed for it."""
+        installed = self.library.find_path(model.path)
+        self._sampling_defaults, self._sampling_source = recommended_sampling(
+            installed.catalog_id if installed is not None else "", model.sampling_defaults
+        )
+        changed = self.store.get_setting(SAMPLING_KEY, {}).get(Path(model.path).name, {})
+        self.sampling = self._sampling_defaults.updated(changed)
+
+    @Slot()
+    def open_sampling(self) -> SamplingDialog | None:
+        if self._model is None:
+            self.show_error("Load a model first: sampling is set per model.")
+            return None
+        name = Path(self._model.path).name
+        dialog = SamplingDialog(
+            self._model.name, self._sampling_defaults, self._sampling_source, self.sampling, self
+        )
+        dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+
+        def save() -> None:
+            self.sampling = dialog.settings()
+            saved = self.store.get_setting(SAMPLING_KEY, {})
+            saved[name] = self.sampling.differences(self._sampling_defaults)
+            self.store.set_setting(SAMPLING_KEY, saved)
+
+        dialog.accepted.connect(save)
+        dialog.open()
+        return dialog
+
     def _show_chat_settings(self) -> None:
         """The shown conversation's system prompt and reasoning setting, and the context it
         used, as the loaded model takes them."""
@@ -731,6 +773,7 @@ class ChatWindow(QMainWindow):
             else f"System: {prompt}"
         )  # fmt: skip
         self.system_button.setToolTip(conversation.system_prompt or "No system prompt")
+        self.sampling_button.setEnabled(self._model is not None)
         supported = self._model.template_options if self._model is not None else ()
         choices = next((REASONING_CHOICES[o] for o in supported if o in REASONING_CHOICES), None)
         self.reasoning_combo.setVisible(choices is not None)

@@ -8,13 +8,17 @@ estimates until the file is on disk.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from engine.context_memory import ContextMemory, spread_layers
 from engine.errors import MoeChatError
+
+if TYPE_CHECKING:
+    from engine.session import SamplingSettings
 
 # Average bits per weight of llama.cpp's quantization mixes, for sizes the catalog lacks.
 BITS_PER_WEIGHT = {
@@ -92,6 +96,9 @@ class CatalogModel:
     # attention in a hybrid. Empty: full attention on every layer.
     memory: tuple[tuple[str, Any], ...] = ()
     unverified: tuple[str, ...] = ()  # fields taken from recall, not from shared/facts
+    # The family's recommended sampling (SamplingSettings field names), and where it is from.
+    sampling: tuple[tuple[str, float], ...] = ()
+    sampling_source: str = ""
 
     def context_memory(self) -> ContextMemory:
         """The model's context memory, as its GGUF header will describe it."""
@@ -157,6 +164,7 @@ _REQUIRED: dict[str, type | tuple[type, ...]] = {
     "description": str,
     "quants": list,
 }
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repeat_penalty", "max_tokens")
 _OPTIONAL_INTS = ("n_shared_experts", "expert_ffn", "n_heads", "n_kv_heads", "head_dim",
                   "native_context", "n_vocab")  # fmt: skip
 
@@ -224,6 +232,16 @@ def _model(raw: Any, index: int) -> CatalogModel:
     if not isinstance(unverified, list) or not all(isinstance(u, str) for u in unverified):
         raise CatalogError(f"Catalog {where}: 'unverified' must list field names.")
     fields["unverified"] = tuple(unverified)
+    sampling = raw.get("sampling", {})
+    if not isinstance(sampling, dict) or not all(
+        key in SAMPLING_KEYS and isinstance(value, (int, float)) and not isinstance(value, bool)
+        for key, value in sampling.items()
+    ):
+        raise CatalogError(f"Catalog {where}: 'sampling' must map {SAMPLING_KEYS} to numbers.")
+    if sampling and not isinstance(raw.get("sampling_source"), str):
+        raise CatalogError(f"Catalog {where}: 'sampling' needs a 'sampling_source'.")
+    fields["sampling"] = tuple(sorted(sampling.items()))
+    fields["sampling_source"] = raw.get("sampling_source", "")
     fields["total_params_b"] = float(fields["total_params_b"])
     fields["active_params_b"] = float(fields["active_params_b"])
     return CatalogModel(**fields, quants=quants)
@@ -251,3 +269,21 @@ def _quant(raw: Any, where: str) -> CatalogQuant:
         size_bytes=size,
         verification=str(raw.get("verification", "")),
     )
+
+
+def recommended_sampling(
+    catalog_id: str, file_values: Sequence[tuple[str, float]] = ()
+) -> tuple[SamplingSettings, str]:
+    """A model's default sampling, and where it comes from: MoE Chat's defaults, then its
+    family's recommendation (the catalog entry ``catalog_id``, if any), then what its own
+    file recommends (``general.sampling.*``)."""
+    from engine.session import SamplingSettings
+
+    sampling, source = SamplingSettings(), "MoE Chat's defaults"
+    entry = next((m for m in load_catalog() if m.id == catalog_id), None) if catalog_id else None
+    if entry is not None and entry.sampling:
+        sampling, source = sampling.updated(dict(entry.sampling)), entry.sampling_source
+    if file_values:
+        sampling = sampling.updated(dict(file_values))
+        source = "those written in the model file (general.sampling)"
+    return sampling, source

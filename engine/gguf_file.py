@@ -139,6 +139,8 @@ class GGUFInfo:
     # Per-token cache and fixed state by attention kind; None: every layer full attention
     context_memory: ContextMemory | None = None
     n_nextn_layers: int = 0  # multi-token-prediction blocks after the trunk (never loaded)
+    # The sampling its makers recommend (``general.sampling.*``), as SamplingSettings fields.
+    sampling: tuple[tuple[str, float], ...] = ()
 
     @property
     def is_moe(self) -> bool:
@@ -501,7 +503,24 @@ def _info_from_header(
         tensors=tuple(tensors),
         context_memory=ContextMemory.from_header(arch, lambda key: value(f"{arch}.{key}")),
         n_nextn_layers=n_nextn,
+        sampling=tuple(
+            (name, float(raw))
+            for key, name in _SAMPLING_KEYS.items()
+            if isinstance(raw := value(f"general.sampling.{key}"), (int, float))
+            and not isinstance(raw, bool)
+        ),
     )
+
+
+# general.sampling.* keys (llama.cpp's gguf constants) -> SamplingSettings fields
+_SAMPLING_KEYS = {
+    "temp": "temperature",
+    "top_p": "top_p",
+    "top_k": "top_k",
+    "min_p": "min_p",
+    "penalty_repeat": "repeat_penalty",
+    "penalty_last_n": "repeat_last_n",
+}
 
 
 def _file_type(raw: Any, tensors: list[TensorInfo]) -> str:

@@ -122,6 +122,7 @@ class LoadedModel:
     # The TemplateOptions fields its chat template reads ("reasoning_effort",
     # "enable_thinking"): what the window offers to set per conversation.
     template_options: tuple[str, ...] = ()
+    sampling_defaults: tuple[tuple[str, float], ...] = ()  # the file's general.sampling.*
 
     @property
     def model_id(self) -> str:
@@ -953,6 +954,7 @@ class _Child:
                     tuned=choice.tuned,
                     tuning=Tuning.load(model_key(session.path), choice.machine_key),
                     template_options=template_options_supported(info.chat_template),
+                    sampling_defaults=info.sampling,
                 )
             )
         )

@@ -16,8 +16,8 @@ import functools
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -81,6 +81,23 @@ class SamplingSettings:
     @classmethod
     def greedy(cls, max_tokens: int = 256) -> SamplingSettings:
         return cls(temperature=0.0, repeat_penalty=1.0, max_tokens=max_tokens)
+
+    def updated(self, values: Mapping[str, Any]) -> SamplingSettings:
+        """These settings with ``values`` (field name: number) put in; other keys are
+        ignored, each value takes its field's type."""
+        changes: dict[str, Any] = {}
+        for item in fields(self):
+            if item.name in values and item.name != "stop":
+                changes[item.name] = type(getattr(self, item.name))(values[item.name])
+        return replace(self, **changes)
+
+    def differences(self, base: SamplingSettings) -> dict[str, Any]:
+        """The fields (but ``stop``) whose values differ from ``base``'s."""
+        return {
+            item.name: getattr(self, item.name)
+            for item in fields(self)
+            if item.name != "stop" and getattr(self, item.name) != getattr(base, item.name)
+        }
 
 
 @dataclass(frozen=True)

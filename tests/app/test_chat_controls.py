@@ -20,6 +20,7 @@ from PySide6.QtWidgets import (
     QDialogButtonBox,
     QFileDialog,
     QInputDialog,
+    QLabel,
     QLineEdit,
     QListWidget,
     QMessageBox,
@@ -375,4 +376,40 @@ def test_the_dark_appearance_is_chosen_in_settings_and_everything_stays_readable
     for label in (window.speed_label, window.ram_label, window.context_label):
         ink = label.palette().color(label.foregroundRole()).lightness()
         assert abs(ink - background) > 100, label.text()
+    close(window)
+
+
+def test_sampling_is_set_per_model_from_its_own_defaults(
+    qtbot: QtBot, synthetic_model: Path, tmp_path: Path
+) -> None:
+    from app.sampling_dialog import SamplingDialog
+    from tests.helpers.models import with_sampling
+
+    model = with_sampling(synthetic_model, tmp_path / "sampled.gguf", {"temp": 0.25, "top_k": 7})
+    window = open_window(qtbot)
+    assert not window.sampling_button.isEnabled()  # nothing to set before a model
+    load(qtbot, window, model)
+    assert (window.sampling.temperature, window.sampling.top_k) == (0.25, 7)
+    click(qtbot, window.sampling_button)
+    dialog = window.findChild(SamplingDialog)
+    assert dialog is not None
+    qtbot.waitExposed(dialog)
+    assert "model file" in dialog.findChild(QLabel).text()
+    assert dialog.temperature.value() == 0.25 and dialog.seed.text() == "random"
+    dialog.temperature.setValue(0.0)  # greedy: this model then writes to the limit
+    dialog.max_tokens.setValue(20)
+    click(qtbot, dialog.buttons.button(QDialogButtonBox.StandardButton.Ok))
+    assert window.store.get_setting("sampling") == {
+        "sampled.gguf": {"temperature": 0.0, "max_tokens": 20}
+    }  # only what differs from the model's defaults
+    assert reply_to(qtbot, window, "hello")["generated_tokens"] == 20  # used by the next reply
+    load(qtbot, window, synthetic_model)  # another model: its own defaults
+    assert window.sampling == SamplingSettings()
+    load(qtbot, window, model)  # back: the change is remembered
+    assert (window.sampling.temperature, window.sampling.top_k) == (0.0, 7)
+    dialog = window.open_sampling()
+    assert dialog is not None
+    click(qtbot, dialog.reset_button)
+    assert dialog.temperature.value() == 0.25 and dialog.max_tokens.value() == 1024
+    dialog.reject()
     close(window)

@@ -94,3 +94,30 @@ def test_unreadable_catalog(tmp_path: Path) -> None:
     path.write_text("{not json")
     with pytest.raises(CatalogError, match="cannot be read"):
         load_catalog(path)
+
+
+def test_sampling_defaults_come_from_the_family_then_the_file() -> None:
+    from engine.catalog import recommended_sampling
+    from engine.session import SamplingSettings
+
+    plain, source = recommended_sampling("")
+    assert plain == SamplingSettings() and source == "MoE Chat's defaults"
+    qwen, source = recommended_sampling("qwen3-30b-a3b")
+    assert (qwen.temperature, qwen.top_p, qwen.top_k, qwen.min_p) == (0.6, 0.95, 20, 0.0)
+    assert qwen.max_tokens == 8192 and "Qwen" in source and "thinking" in source
+    oss, _ = recommended_sampling("gpt-oss-20b")
+    assert (oss.temperature, oss.top_p, oss.top_k) == (1.0, 1.0, 0)
+    filed, source = recommended_sampling("qwen3-30b-a3b", (("temperature", 0.3), ("top_k", 5.0)))
+    assert (filed.temperature, filed.top_k, filed.top_p) == (0.3, 5, 0.95)  # the file wins
+    assert "model file" in source
+    every = [m for m in load_catalog() if m.sampling]
+    assert every and all(m.sampling_source and "sampling" in m.unverified for m in every)
+
+
+def test_a_malformed_sampling_entry_is_refused(tmp_path: Path) -> None:
+    document = json.loads((Path(__file__).parents[2] / "resources" / "catalog.json").read_text())
+    document["models"][0]["sampling"] = {"temprature": 0.7}
+    bad = tmp_path / "catalog.json"
+    bad.write_text(json.dumps(document))
+    with pytest.raises(CatalogError, match="'sampling' must map"):
+        load_catalog(bad)

@@ -203,3 +203,16 @@ def test_split_model_with_a_cut_part(split_model: list[Path]) -> None:
     data = split_model[2].read_bytes()
     split_model[2].write_bytes(data[: len(data) // 2])
     assert "split-00003-of-00003.gguf is incomplete" in _error(split_model[0])
+
+
+def test_a_files_own_sampling_recommendation_is_read(synthetic_model: Path, tmp_path: Path) -> None:
+    from tests.helpers.models import with_sampling
+
+    values = {"temp": 0.6, "top_k": 20, "top_p": 0.95, "penalty_repeat": 1.05}
+    path = with_sampling(synthetic_model, tmp_path / "sampled.gguf", values)
+    info = read_gguf(path)
+    assert dict(info.sampling) == {
+        "temperature": pytest.approx(0.6), "top_k": 20.0, "top_p": pytest.approx(0.95),
+        "repeat_penalty": pytest.approx(1.05),
+    }  # fmt: skip
+    assert read_gguf(synthetic_model).sampling == ()

@@ -106,3 +106,22 @@ def aborting_model(src: Path, dst: Path) -> Path:
         writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
     write_gguf(writer)
     return dst
+
+
+def with_sampling(src: Path, dst: Path, values: dict[str, float]) -> Path:
+    """A copy of a GGUF that recommends its own sampling, in the ``general.sampling.*`` keys
+    llama.cpp's converter writes (``temp``, ``top_k``…; top_k and penalty_last_n as ints)."""
+    from gguf import GGUFReader, GGUFWriter
+
+    reader = GGUFReader(src)
+    writer = GGUFWriter(dst, reader.fields["general.architecture"].contents())
+    _copy_metadata(reader, writer)
+    for key, number in values.items():
+        if key in ("top_k", "penalty_last_n"):
+            writer.add_int32(f"general.sampling.{key}", int(number))
+        else:
+            writer.add_float32(f"general.sampling.{key}", float(number))
+    for tensor in reader.tensors:
+        writer.add_tensor(tensor.name, np.asarray(tensor.data), raw_dtype=tensor.tensor_type)
+    write_gguf(writer)
+    return dst
