@@ -21,6 +21,7 @@ from PySide6.QtGui import (
 )
 from PySide6.QtWidgets import (
     QComboBox,
+    QDockWidget,
     QFileDialog,
     QHBoxLayout,
     QInputDialog,
@@ -43,6 +44,7 @@ from app.downloads import Downloads, describe
 from app.experts_panel import ExpertsPanel
 from app.message_view import MessageView, can_continue
 from app.model_manager import CONTEXT_KEY, MEASURED_KEY, ModelManager
+from app.perf_panel import PerfPanel
 from app.sampling_dialog import SAMPLING_KEY, SamplingDialog
 from app.settings_dialog import SettingsDialog
 from app.sidebar import Sidebar
@@ -396,8 +398,21 @@ class ChatWindow(QMainWindow):
         chat_menu.addAction("Sa&mpling settings…", self.open_sampling)
         chat_menu.addAction("&Copy last reply", QKeySequence("Ctrl+Shift+C"), self.copy_last_reply)
         self.stop_action = chat_menu.addAction("S&top reply", QKeySequence("Esc"), self.escape)
+        self.perf = PerfPanel(self)
+        self.perf_dock = QDockWidget("Performance since the model was loaded", self)
+        self.perf_dock.setObjectName("perfDock")
+        self.perf_dock.setWidget(self.perf)
+        self.perf_dock.setAllowedAreas(
+            Qt.DockWidgetArea.BottomDockWidgetArea | Qt.DockWidgetArea.TopDockWidgetArea
+        )
+        self.addDockWidget(Qt.DockWidgetArea.BottomDockWidgetArea, self.perf_dock)
+        self.perf_dock.hide()
         view_menu = self.menuBar().addMenu("&View")
         view_menu.addAction("&Experts…", QKeySequence("Ctrl+E"), self.open_experts)
+        perf_action = self.perf_dock.toggleViewAction()
+        perf_action.setText("&Performance over time")
+        perf_action.setShortcut(QKeySequence("Ctrl+Shift+P"))
+        view_menu.addAction(perf_action)
         help_menu = self.menuBar().addMenu("&Help")
         about_action = help_menu.addAction("&About MoE Chat", self.open_about)
         about_action.setMenuRole(QAction.MenuRole.AboutRole)
@@ -584,6 +599,7 @@ class ChatWindow(QMainWindow):
             f"{model.placement}"
         )
         self.store.set_setting(LAST_MODEL_KEY, model.path)
+        self.perf.reset(model.name)
         self._take_sampling(model)
         self._show_chat_settings()
         if self.library.find_path(model.path) is None:  # opened by hand: list it from now on
@@ -1040,6 +1056,7 @@ class ChatWindow(QMainWindow):
                 entry["generation_tokens_per_s"] = stats["generation_tokens_per_s"]
                 self.store.set_setting(MEASURED_KEY, measured)
         self._end_reply()
+        self.perf.add_reply(stats["generation_tokens_per_s"], stats["prompt_tokens_per_s"])
         self.speed_label.setText(f"{stats['generation_tokens_per_s']:.1f} tok/s")
         self.ttft_label.setText(f"first token {stats['time_to_first_token'] * 1000:.0f} ms")
         self.reply_done.emit(stats)
@@ -1105,6 +1122,7 @@ class ChatWindow(QMainWindow):
         devices = self._device_memory or {
             name: (size, 0) for name, size in self._model.device_bytes.items() if name != "CPU"
         }
+        self.perf.add_memory(rss, {name: used for name, (used, _total) in devices.items()})
         if devices:
             used = sum(used for used, _total in devices.values())
             total = sum(total for _used, total in devices.values())

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from PySide6.QtCore import QEvent, Qt, QTimer, QUrl, Signal, Slot
+from PySide6.QtCore import QEvent, QSize, Qt, QTimer, QUrl, Signal, Slot
 from PySide6.QtGui import (
     QDesktopServices,
     QGuiApplication,
@@ -439,6 +439,15 @@ class MessageWidget(QFrame):
         self.update_message(self.message, self.running)
 
 
+class _Column(QWidget):
+    """The messages, one under another. Its height is what its width needs (the scroll area
+    asks heightForWidth); its minimum would be the height wrapped text takes at its
+    narrowest, which the scroll area takes instead, leaving blank space under the end."""
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(super().minimumSizeHint().width(), 0)
+
+
 class MessageView(QScrollArea):
     """The messages of one conversation, with the streaming reply at the end."""
 
@@ -454,7 +463,7 @@ class MessageView(QScrollArea):
         self.setWidgetResizable(True)
         self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         self.setFocusPolicy(Qt.FocusPolicy.StrongFocus)  # arrows and Page keys scroll it
-        self.column = QWidget(self)
+        self.column = _Column(self)
         self.column.setObjectName("conversationColumn")
         self.column.setAutoFillBackground(True)
         self.column.setBackgroundRole(QPalette.ColorRole.Base)

@@ -272,3 +272,17 @@ def test_the_conversation_background_follows_the_palette(
     assert (code_background.lightness() < 80) if dark else (code_background.lightness() > 200)
     label = QLabel()
     assert label.palette().color(label.foregroundRole()).lightness() == ink.lightness()
+
+
+def test_no_blank_space_under_the_last_message(qtbot: QtBot, view: MessageView) -> None:
+    """Wrapped text is taller when narrow; the column must be as tall as its width needs,
+    not as tall as its narrowest layout (which left a screen of blank space at the end)."""
+    text = "A sentence long enough to wrap over several lines in the view. " * 6
+    view.show_messages([message(i, "user" if i % 2 else "assistant", text) for i in range(1, 7)])
+    qtbot.wait(20)
+    last = list(view.widgets.values())[-1]
+    assert view.column.height() - last.geometry().bottom() < 12
+    bar = view.verticalScrollBar()
+    assert bar.value() == bar.maximum() > 0
+    bottom = last.mapTo(view.viewport(), last.rect().bottomLeft()).y()
+    assert abs(view.viewport().height() - bottom) < 12  # the end of the reply is in sight
