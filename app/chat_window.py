@@ -475,6 +475,7 @@ class ChatWindow(QMainWindow):
             self._manager = ModelManager(self.store, self.downloads, self, self.api)
             self._manager.model_chosen.connect(self.load_model)
             self._manager.finished.connect(self._on_manager_finished)
+            self._manager.set_loaded(self._model.path if self._model is not None else None)
         self._manager.show()
         self._manager.raise_()
         return self._manager
@@ -599,6 +600,8 @@ class ChatWindow(QMainWindow):
             f"{model.placement}"
         )
         self.store.set_setting(LAST_MODEL_KEY, model.path)
+        if self._manager is not None:
+            self._manager.set_loaded(model.path)
         self.perf.reset(model.name)
         self._take_sampling(model)
         self._show_chat_settings()
@@ -630,6 +633,8 @@ class ChatWindow(QMainWindow):
         self.load_progress.hide()
         self.open_button.setEnabled(True)
         self.model_label.setText(label)
+        if self._manager is not None:
+            self._manager.set_loaded(None)
         self._show_chat_settings()
         self.show_error(message, reload_path)
         self.model_failed.emit(message)

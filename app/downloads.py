@@ -170,7 +170,9 @@ class DownloadRow(QWidget):
         self.state = event.state
         self.bar.setValue(int(event.fraction * 1000))
         self.status.setText(html.escape(describe(event)))
-        self.status.setStyleSheet("color:#b91c1c" if event.state == "failed" else "")
+        self.status.setObjectName("warningLabel" if event.state == "failed" else "")
+        self.status.style().unpolish(self.status)  # the style sheet's colour follows the name
+        self.status.style().polish(self.status)
         done = event.state == "done"
         self.model_path = event.model_path
         self.pause_button.setText("Resume" if event.state in ("paused", "failed") else "Pause")
@@ -213,7 +215,7 @@ class DownloadsPanel(QGroupBox):
         typed.addWidget(self.get_button)
         self._layout.addLayout(typed)
         self.empty = QLabel("No downloads. Press Download on a model above.", self)
-        self.empty.setStyleSheet("color:#6b7280")
+        self.empty.setObjectName("hintLabel")
         self._layout.addWidget(self.empty)
         for event in downloads.latest.values():
             self._on_downloads_changed(event)

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import Qt, Signal, Slot
-from PySide6.QtGui import QColor
+from PySide6.QtGui import QColor, QPalette
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QMessageBox,
     QPushButton,
+    QSplitter,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -44,12 +45,13 @@ MEASURED_KEY = "measured_models"  # path: what the engine reported when it was l
 RECOMMENDED_KEY = "recommended_model"  # (model id, quant) last recommended
 CONTEXT_KEY = "context_length"
 CONTEXTS = (2048, 4096, 8192, 16384, 32768, 65536, 131072)
-VERDICT_COLOURS = {
-    Verdict.FULL_GPU: "#047857",
-    Verdict.HYBRID: "#1d4ed8",
-    Verdict.CPU_ONLY: "#92400e",
-    Verdict.TOO_LARGE: "#b91c1c",
+VERDICT_COLOURS = {  # (on a light background, on a dark one)
+    Verdict.FULL_GPU: ("#047857", "#34d399"),
+    Verdict.HYBRID: ("#1d4ed8", "#7ab4ff"),
+    Verdict.CPU_ONLY: ("#92400e", "#f5b942"),
+    Verdict.TOO_LARGE: ("#b91c1c", "#f87171"),
 }
+RECOMMENDED_MARK = "★ "
 COLUMNS = ("Model", "Quant", "Size", "Verdict", "Speed", "GPU", "RAM", "Hub repository", "")
 ACTION_COLUMN = len(COLUMNS) - 1
 SOURCES = {"hub": "downloaded, verified", "copied": "imported (copy)", "linked": "your file"}
@@ -126,7 +128,7 @@ class ModelManager(QDialog):
         super().__init__(parent)
         self.api = api  # the local API's settings live in the same Settings dialog
         self.setWindowTitle("Models")
-        self.resize(1180, 860)
+        self._fit_to_screen(1180, 860)
         self.store = store
         self.downloads = downloads
         self.library = downloads.library
@@ -135,6 +137,8 @@ class ModelManager(QDialog):
         self.catalog: list[CatalogModel] = []
         self.candidates: list[Candidate] = []
         self._headers: dict[tuple[str, int, int], GGUFInfo] = {}
+        self.recommended: Candidate | None = None
+        self.loaded_path: str | None = None  # the model the chat window has loaded
         self._build_ui()
         try:
             self.catalog = load_catalog()
@@ -143,6 +147,15 @@ class ModelManager(QDialog):
         run_in_background(detect, self._on_detect_succeeded, self._on_detect_failed, self)
 
     # -- construction ----------------------------------------------------------------------
+
+    def _fit_to_screen(self, width: int, height: int) -> None:
+        """Open at ``width`` x ``height``, or smaller where the screen is (a 1366x768 laptop
+        has about 1366x720 for a window once the panel and the title bar are counted)."""
+        screen = self.screen().availableGeometry() if self.screen() is not None else None
+        if screen is not None:
+            width = min(width, screen.width() - 40)
+            height = min(height, screen.height() - 48)
+        self.resize(width, height)
 
     def _build_ui(self) -> None:
         layout = QVBoxLayout(self)
@@ -159,10 +172,18 @@ class ModelManager(QDialog):
         machine_layout.addWidget(self.warning_label)
         layout.addWidget(machine_box)
 
+        recommendation_row = QHBoxLayout()
         self.recommendation = QLabel("Planning…", self)
         self.recommendation.setObjectName("recommendation")
         self.recommendation.setWordWrap(True)
-        layout.addWidget(self.recommendation)
+        self.recommend_button = QPushButton("Download recommended", self)
+        self.recommend_button.setObjectName("recommendButton")
+        self.recommend_button.setToolTip("Download the recommended model, or load it once here")
+        self.recommend_button.clicked.connect(self._on_recommend_button_clicked)
+        self.recommend_button.hide()
+        recommendation_row.addWidget(self.recommendation, 1)
+        recommendation_row.addWidget(self.recommend_button, 0, Qt.AlignmentFlag.AlignTop)
+        layout.addLayout(recommendation_row)
 
         controls = QHBoxLayout()
         controls.addWidget(QLabel("Context:", self))
@@ -201,16 +222,19 @@ class ModelManager(QDialog):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         header.setSectionResizeMode(ACTION_COLUMN, QHeaderView.ResizeMode.Fixed)
         self.table.setColumnWidth(ACTION_COLUMN, 220)  # "Resume (100%)" and "Cancel"
-        layout.addWidget(self.table, 3)
+        catalog_box = QWidget(self)
+        catalog_layout = QVBoxLayout(catalog_box)
+        catalog_layout.setContentsMargins(0, 0, 0, 0)
+        catalog_layout.addWidget(self.table, 1)
         self.download_error = QLabel(self)
         self.download_error.setObjectName("warningLabel")
         self.download_error.setWordWrap(True)
         self.download_error.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
         self.download_error.hide()
-        layout.addWidget(self.download_error)
+        catalog_layout.addWidget(self.download_error)
         self.downloads_panel = DownloadsPanel(self.downloads, self)
         self.downloads_panel.load_requested.connect(self._choose)
-        layout.addWidget(self.downloads_panel)
+        catalog_layout.addWidget(self.downloads_panel)
         self.downloads.changed.connect(self._on_downloads_changed)
         self.downloads.resolve_failed.connect(self._on_downloads_resolve_failed)
 
@@ -252,7 +276,16 @@ class ModelManager(QDialog):
         buttons.addWidget(self.check_button)
         buttons.addWidget(self.load_button)
         local_layout.addLayout(buttons)
-        layout.addWidget(local_box, 2)
+        # The two lists share the height; the user moves the line between them.
+        splitter = QSplitter(Qt.Orientation.Vertical, self)
+        splitter.setChildrenCollapsible(False)
+        splitter.addWidget(catalog_box)
+        splitter.addWidget(local_box)
+        splitter.setStretchFactor(0, 3)
+        splitter.setStretchFactor(1, 2)
+        layout.addWidget(splitter, 1)
+        self.table.setMinimumHeight(120)
+        self.local_table.setMinimumHeight(70)
 
     # -- machine ---------------------------------------------------------------------------
 
@@ -303,6 +336,7 @@ class ModelManager(QDialog):
         )
         self.candidates = rank(self.catalog, self.machine, settings, incumbent)
         best = recommend(self.catalog, self.machine, settings, incumbent)
+        self.recommended = best[0] if best is not None else None
         if best is not None:
             self.store.set_setting(RECOMMENDED_KEY, [best[0].model.id, best[0].quant.quant])
         if best is None:
@@ -314,8 +348,8 @@ class ModelManager(QDialog):
             candidate, reason = best
             self.recommendation.setText(
                 f"<b>Recommended:</b> {html.escape(reason)}<br>"
-                f"<span style='color:#4b5563'>{html.escape(candidate.model.description)} "
-                f"{html.escape(candidate.plan.summary())}</span>"
+                f"{html.escape(candidate.model.description)} "
+                f"{html.escape(candidate.plan.summary())}"
             )
         self._refill_table()
         self._refill_local()
@@ -332,10 +366,14 @@ class ModelManager(QDialog):
         ]
         self.table.setRowCount(len(rows))
         self._actions.clear()
+        dark = self.palette().color(QPalette.ColorRole.Base).lightness() < 128
+        highlight = QColor(self.palette().color(QPalette.ColorRole.Highlight))
+        highlight.setAlpha(60)
         for row, candidate in enumerate(rows):
             p = candidate.plan
+            recommended = candidate == self.recommended
             cells = (
-                candidate.model.display_name,
+                (RECOMMENDED_MARK if recommended else "") + candidate.model.display_name,
                 candidate.quant.quant,
                 _gb(candidate.model.size_estimate(candidate.quant)),
                 p.verdict.value,
@@ -345,13 +383,21 @@ class ModelManager(QDialog):
                 candidate.quant.repo,
             )
             tip = breakdown(p) + f"\n\n{candidate.model.description}"
+            if recommended:
+                tip = "Recommended for this machine.\n" + tip
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setToolTip(tip)
                 if column == 3:
-                    item.setForeground(QColor(VERDICT_COLOURS[p.verdict]))
+                    item.setForeground(QColor(VERDICT_COLOURS[p.verdict][int(dark)]))
+                if recommended:
+                    font = item.font()
+                    font.setBold(True)
+                    item.setFont(font)
+                    item.setBackground(highlight)
                 self.table.setItem(row, column, item)
             self.table.setCellWidget(row, ACTION_COLUMN, self._action_cell(candidate))
+        self._update_recommend_button()
 
     # -- downloads -------------------------------------------------------------------------
 
@@ -383,17 +429,52 @@ class ModelManager(QDialog):
             return
         primary, cancel = buttons
         try:
-            event = self.downloads.for_key(key)
-            installed = self._installed(key) is not None
-            text = action_text(event, installed)
-            if event is not None and not installed and event.state != "failed":
-                text += f" ({event.fraction:.0%})"
+            text, loaded, event, installed = self._action_state(key)
             primary.setText(text)
-            primary.setEnabled(True)
+            primary.setEnabled(not loaded)
             primary.setToolTip(event.message if event is not None else "")
             cancel.setVisible(event is not None and not installed)
         except RuntimeError:  # the row was rebuilt meanwhile
             self._actions.pop(key, None)
+        if self.recommended is not None and key == self._recommended_key():
+            self._update_recommend_button()
+
+    def _action_state(self, key: str) -> tuple[str, bool, DownloadEvent | None, bool]:
+        """(the button's text, whether it is the loaded model, its download, installed)."""
+        event = self.downloads.for_key(key)
+        model = self._installed(key)
+        loaded = model is not None and model.path == self.loaded_path
+        text = "Loaded" if loaded else action_text(event, model is not None)
+        if event is not None and model is None and event.state != "failed":
+            text += f" ({event.fraction:.0%})"
+        return text, loaded, event, model is not None
+
+    def _recommended_key(self) -> str:
+        assert self.recommended is not None
+        return catalog_key(self.recommended.model.id, self.recommended.quant.quant)
+
+    def _update_recommend_button(self) -> None:
+        """The recommendation's own button: the same action as its row's."""
+        if self.recommended is None:
+            self.recommend_button.hide()
+            return
+        text, loaded, _event, _installed = self._action_state(self._recommended_key())
+        size = _gb(self.recommended.model.size_estimate(self.recommended.quant))
+        verb = text.split(" (")[0]
+        labels = {
+            "Download": f"Download recommended ({size})",
+            "Load": "Load recommended",
+            "Loaded": "Recommended model loaded",
+        }
+        label = labels.get(verb, f"{text}: recommended")
+        self.recommend_button.setText(label)
+        self.recommend_button.setEnabled(not loaded)
+        self.recommend_button.show()
+
+    @Slot()
+    def _on_recommend_button_clicked(self) -> None:
+        if self.recommended is not None:
+            self._on_action(self.recommended)
 
     def _on_action(self, candidate: Candidate) -> None:
         key = catalog_key(candidate.model.id, candidate.quant.quant)
@@ -403,8 +484,11 @@ class ModelManager(QDialog):
         if installed is not None:
             self._choose(installed.path)
         elif event is None:
-            self._actions[key][0].setText("Asking the Hub…")
-            self._actions[key][0].setEnabled(False)
+            for button in (self._actions.get(key, (None,))[0], self.recommend_button):
+                if button is not None and (button is not self.recommend_button
+                                           or candidate == self.recommended):  # fmt: skip
+                    button.setText("Asking the Hub…")
+                    button.setEnabled(False)
             quant = candidate.quant
             self.downloads.start(
                 key,
@@ -431,6 +515,7 @@ class ModelManager(QDialog):
         if key in self._actions:
             self._actions[key][0].setEnabled(True)
             self._update_action(key)
+        self._update_recommend_button()
 
     @Slot(object)
     def _on_downloads_changed(self, event: DownloadEvent) -> None:
@@ -502,7 +587,7 @@ class ModelManager(QDialog):
                 measured = measured_all.get(path, {})
                 speed = measured.get("generation_tokens_per_s")
                 cells = (
-                    info.name,
+                    info.name + (" (loaded)" if path == self.loaded_path else ""),
                     path,
                     predicted.verdict.value if predicted else "…",
                     f"{predicted.decode_tokens_per_s:.0f} tok/s"
@@ -519,6 +604,10 @@ class ModelManager(QDialog):
                 item = QTableWidgetItem(text)
                 item.setToolTip(tip)
                 item.setData(Qt.ItemDataRole.UserRole, path)
+                if path == self.loaded_path:
+                    font = item.font()
+                    font.setBold(True)
+                    item.setFont(font)
                 self.local_table.setItem(row, column, item)
 
     def selected_path(self) -> str | None:
@@ -629,6 +718,14 @@ class ModelManager(QDialog):
         dialog.accepted.connect(self._refill_local)
         dialog.open()
         return dialog
+
+    def set_loaded(self, path: str | None) -> None:
+        """Mark the model the chat window has loaded (None: none)."""
+        self.loaded_path = path
+        self._refill_local()
+        for key in list(self._actions):
+            self._update_action(key)
+        self._update_recommend_button()
 
     @Slot(str)
     def _choose(self, path: str) -> None:

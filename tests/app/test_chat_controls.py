@@ -15,6 +15,7 @@ from PySide6.QtCore import Qt
 from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QAbstractButton,
+    QAbstractScrollArea,
     QApplication,
     QComboBox,
     QDialogButtonBox,
@@ -412,4 +413,43 @@ def test_sampling_is_set_per_model_from_its_own_defaults(
     click(qtbot, dialog.reset_button)
     assert dialog.temperature.value() == 0.25 and dialog.max_tokens.value() == 1024
     dialog.reject()
+    close(window)
+
+
+def _parents(widget: QWidget) -> list[QWidget]:
+    found = []
+    while (widget := widget.parentWidget()) is not None:
+        found.append(widget)
+    return found
+
+
+def test_every_dialog_fits_a_1366x768_laptop(qtbot: QtBot, synthetic_model: Path) -> None:
+    """About 1366x720 is left for a window under the title bar and the panel."""
+    from app.about import AboutDialog
+    from app.sampling_dialog import SamplingDialog
+    from tests.helpers.windows import TIMEOUT_MS
+
+    window = open_window(qtbot)
+    load(qtbot, window, synthetic_model)
+    manager = window.open_model_manager()
+    with qtbot.waitSignal(manager.machine_ready, timeout=TIMEOUT_MS):
+        pass
+    dialogs = [manager, window.open_settings(), window.open_system_prompt(),
+               window.open_sampling(), window.open_about()]  # fmt: skip
+    assert isinstance(dialogs[3], SamplingDialog) and isinstance(dialogs[4], AboutDialog)
+    for dialog in dialogs:
+        assert dialog is not None
+        qtbot.waitExposed(dialog)
+        need = dialog.minimumSizeHint()
+        assert need.width() <= 1366 and need.height() <= 720, (type(dialog).__name__, need)
+        dialog.resize(min(dialog.width(), 1366), min(dialog.height(), 720))
+        qtbot.wait(10)
+        for button in dialog.findChildren(QAbstractButton):
+            scrolled = any(isinstance(parent, QAbstractScrollArea) for parent in _parents(button))
+            if button.isVisibleTo(dialog) and not scrolled:  # (a table's rows scroll)
+                corner = button.mapTo(dialog, button.rect().bottomRight())
+                assert dialog.rect().contains(corner), (type(dialog).__name__, button.text())
+    assert manager.load_button.isVisible()
+    for dialog in dialogs[1:]:
+        dialog.close()
     close(window)

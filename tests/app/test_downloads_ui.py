@@ -168,3 +168,37 @@ def test_any_repository_and_quant_typed_by_the_user(
     assert len(model.files) == 3 and done.model_path == model.path
     assert manager.selected_path() == model.path
     close(window)
+
+
+def test_the_recommended_model_is_highlighted_downloaded_in_one_click_and_marked_loaded(
+    qtbot: QtBot, library: Library, hub: FakeHub, hub_files: dict[str, Path]
+) -> None:
+    window, manager = open_manager(qtbot, library)
+    best = manager.recommended
+    assert best is not None
+    [row] = [r for r in range(manager.table.rowCount())
+             if manager.table.item(r, 0).text().startswith("★ ")]  # fmt: skip
+    name = manager.table.item(row, 0)
+    assert name.text() == "★ " + best.model.display_name and name.font().bold()
+    assert "Recommended" in name.toolTip()
+    others = [manager.table.item(r, 0) for r in range(manager.table.rowCount()) if r != row]
+    assert not any(item.font().bold() for item in others)
+    button = manager.recommend_button
+    assert button.isVisible() and button.text().startswith("Download recommended (")
+    hub.add_repo(best.quant.repo, {best.quant.files[0]: hub_files["single"]})
+    qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    key = f"{best.model.id}:{best.quant.quant}"
+    wait_event(qtbot, window, lambda e: window.downloads.keys.get(e.job_id) == key
+               and e.state == "done")  # fmt: skip
+    qtbot.waitUntil(lambda: button.text() == "Load recommended")
+    with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT_MS):
+        qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+    manager = window.open_model_manager()  # opened again, as a user would to check
+    with qtbot.waitSignal(manager.machine_ready, timeout=TIMEOUT_MS):
+        pass
+    assert manager.recommend_button.text() == "Recommended model loaded"
+    assert not manager.recommend_button.isEnabled()
+    assert action(manager, key).text() == "Loaded"
+    local = manager.local_table.item(0, 0)
+    assert local.text().endswith("(loaded)") and local.font().bold()
+    close(window)
