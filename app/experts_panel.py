@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 from PySide6.QtCore import QPointF, QRectF, Qt, Signal, Slot
-from PySide6.QtGui import QColor, QPainter, QPainterPath, QPaintEvent, QPen
+from PySide6.QtGui import QColor, QPainter, QPainterPath, QPaintEvent, QPalette, QPen
 from PySide6.QtWidgets import (
     QAbstractItemView,
     QCheckBox,
@@ -18,6 +18,7 @@ from PySide6.QtWidgets import (
     QLabel,
     QProgressBar,
     QPushButton,
+    QScrollArea,
     QTableWidget,
     QTableWidgetItem,
     QVBoxLayout,
@@ -35,26 +36,42 @@ from engine.host import LoadedModel
 from engine.tuner import REFERENCE_PROMPT_TOKENS, REFERENCE_REPLY_TOKENS, Tuning
 
 HOT_FRACTION = 0.25  # the summary's hot set: the hottest quarter of each layer's experts
-COLD = QColor("#f4f6fb")
 HOT = QColor("#d9480f")
+FULL_AT = 3.0  # a cell is at full colour at this many times its layer's average share
+MIN_CELL_W, MIN_CELL_H = 4, 6  # pixels: smaller than this, the map scrolls instead
+LABEL_W, SCALE_H = 58, 34  # room for the layer numbers, and for the colour scale below
+
+EXPLANATION = (
+    "Each token is handled by a few of the experts in every layer, chosen by a router. "
+    "<b>The map</b> shows which: one row per layer, one column per expert, and the stronger the "
+    "colour, the more often that expert is picked. Experts picked often are <i>hot</i>. "
+    "<b>The curve</b> shows what share of expert reads the hottest experts of each layer "
+    "would serve. Reading an expert from VRAM is several times faster than from RAM, so a "
+    "curve that rises steeply means that a few hot experts in VRAM make replies faster; a "
+    "curve along the diagonal means every expert is read about as often, and only more VRAM "
+    "helps."
+)
 
 
-def heat_colour(relative: float) -> QColor:
-    """Colour of a cell whose routing share is ``relative`` times the layer's average."""
-    t = float(np.clip(relative / 3.0, 0.0, 1.0))  # 3x the average or more: full colour
+def heat_colour(relative: float, cold: QColor) -> QColor:
+    """Colour of a cell whose routing share is ``relative`` times the layer's average,
+    fading from ``cold`` (the background: never picked) to HOT."""
+    t = float(np.clip(relative / FULL_AT, 0.0, 1.0))
     return QColor(
-        round(COLD.red() + (HOT.red() - COLD.red()) * t),
-        round(COLD.green() + (HOT.green() - COLD.green()) * t),
-        round(COLD.blue() + (HOT.blue() - COLD.blue()) * t),
+        round(cold.red() + (HOT.red() - cold.red()) * t),
+        round(cold.green() + (HOT.green() - cold.green()) * t),
+        round(cold.blue() + (HOT.blue() - cold.blue()) * t),
     )
 
 
 class HeatMap(QWidget):
-    """Layers (rows) x experts (columns); colour = the expert's share of its layer's reads."""
+    """Layers (rows) x experts (columns); colour = the expert's share of its layer's reads.
+    Numbered layers on the left, numbered experts below, and the colour scale under them."""
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setObjectName("heatMap")
+        self.setAccessibleName("Expert heat map")
         self.setMinimumSize(320, 200)
         self.relative: np.ndarray | None = None  # share x n_experts, per layer
 
@@ -65,32 +82,82 @@ class HeatMap(QWidget):
             totals = counts.sum(axis=1, keepdims=True)
             shares = np.divide(counts, totals, out=np.zeros(counts.shape), where=totals > 0)
             self.relative = shares * counts.shape[1]
+            layers, experts = counts.shape
+            self.setMinimumSize(
+                max(320, LABEL_W + 8 + experts * MIN_CELL_W),
+                max(200, 8 + layers * MIN_CELL_H + 18 + SCALE_H),
+            )
         self.update()
 
     def paintEvent(self, _event: QPaintEvent) -> None:
         painter = QPainter(self)
-        area = QRectF(self.rect()).adjusted(52, 4, -4, -18)
+        palette = self.palette()
+        text = palette.color(QPalette.ColorRole.Text)
+        cold = palette.color(QPalette.ColorRole.Base)
+        painter.fillRect(self.rect(), cold)
         if self.relative is None:
+            painter.setPen(text)
             painter.drawText(self.rect(), Qt.AlignmentFlag.AlignCenter, "No routing counted yet")
             return
+        metrics = painter.fontMetrics()
+        line = metrics.height()
+        area = QRectF(self.rect()).adjusted(LABEL_W, 4, -8, -(line + 4 + SCALE_H))
         layers, experts = self.relative.shape
         cell_w, cell_h = area.width() / experts, area.height() / layers
+        gap = 1.0 if cell_w >= 8 and cell_h >= 8 else 0.0  # a grid once cells are large
         for layer in range(layers):
             for expert in range(experts):
-                cell = QRectF(
-                    area.left() + expert * cell_w, area.top() + layer * cell_h, cell_w, cell_h
-                )
-                painter.fillRect(cell, heat_colour(float(self.relative[layer, expert])))
-        painter.setPen(self.palette().text().color())
-        painter.drawText(QRectF(0, area.top(), 48, 16), Qt.AlignmentFlag.AlignRight, "layer 0")
+                cell = QRectF(area.left() + expert * cell_w, area.top() + layer * cell_h,
+                              cell_w - gap, cell_h - gap)  # fmt: skip
+                painter.fillRect(cell, heat_colour(float(self.relative[layer, expert]), cold))
+        painter.setPen(QPen(palette.color(QPalette.ColorRole.Mid), 1))
+        painter.drawRect(area)
+        painter.setPen(text)
+        # Layer numbers: as many as fit one under another, at round steps.
+        step = _label_step(layers, area.height(), line)
+        for layer in range(0, layers, step):
+            y = area.top() + (layer + 0.5) * cell_h
+            painter.drawText(QRectF(0, y - line / 2, LABEL_W - 6, line),
+                             Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter,
+                             f"layer {layer}" if layer == 0 else str(layer))  # fmt: skip
+        width = metrics.horizontalAdvance(str(experts)) + 8
+        step = _label_step(experts, area.width(), width)
+        for expert in range(0, experts, step):
+            x = area.left() + (expert + 0.5) * cell_w
+            painter.drawText(QRectF(x - width / 2, area.bottom() + 2, width, line),
+                             Qt.AlignmentFlag.AlignHCenter, str(expert))  # fmt: skip
+        painter.drawText(QRectF(0, area.bottom() + 2, LABEL_W - 6, line),
+                         Qt.AlignmentFlag.AlignRight, "expert")  # fmt: skip
+        scale = QRectF(area.left(), area.bottom() + line + 8, min(area.width(), 360.0),
+                       SCALE_H - 8)  # fmt: skip
+        self._draw_scale(painter, scale, cold, text)
+
+    def _draw_scale(self, painter: QPainter, box: QRectF, cold: QColor, text: QColor) -> None:
+        """The colour scale: never picked, the layer's average, FULL_AT times it or more."""
+        bar = QRectF(box.left(), box.top(), box.width(), box.height() / 2 - 1)
+        steps = 60
+        for i in range(steps):
+            part = QRectF(bar.left() + bar.width() * i / steps, bar.top(),
+                          bar.width() / steps + 1, bar.height())  # fmt: skip
+            painter.fillRect(part, heat_colour(FULL_AT * i / (steps - 1), cold))
+        painter.setPen(QPen(self.palette().color(QPalette.ColorRole.Mid), 1))
+        painter.drawRect(bar)
+        painter.setPen(text)
+        below = QRectF(bar.left(), bar.bottom() + 1, bar.width(), box.height() / 2 + 1)
+        painter.drawText(below, Qt.AlignmentFlag.AlignLeft, "never picked")
         painter.drawText(
-            QRectF(0, area.bottom() - 16, 48, 16), Qt.AlignmentFlag.AlignRight, f"{layers - 1}"
-        )
-        painter.drawText(
-            QRectF(area.left(), area.bottom() + 2, area.width(), 16),
-            Qt.AlignmentFlag.AlignCenter,
-            f"experts 0 … {experts - 1}   (darker: chosen more often than the layer's average)",
-        )
+            QRectF(bar.left() + bar.width() / FULL_AT - 60, below.top(), 120, below.height()),
+            Qt.AlignmentFlag.AlignHCenter, "average",
+        )  # fmt: skip
+        painter.drawText(below, Qt.AlignmentFlag.AlignRight, f"{FULL_AT:.0f}x average or more")
+
+
+def _label_step(count: int, length: float, label: float) -> int:
+    """Every how many rows (or columns) a number fits: 1, 2, 4, 8 or a multiple of 8."""
+    step = 1
+    while step < count and length * step / count < label * 1.2:
+        step *= 2
+    return step
 
 
 class CoveragePlot(QWidget):
@@ -100,6 +167,7 @@ class CoveragePlot(QWidget):
         super().__init__(parent)
         self.setObjectName("coveragePlot")
         self.setMinimumSize(240, 200)
+        self.setAccessibleName("Coverage curve")
         self.curve: list[float] = []  # c(j / E), j = 0..E
         self.held_out: list[float] = []
 
@@ -110,18 +178,22 @@ class CoveragePlot(QWidget):
     def paintEvent(self, _event: QPaintEvent) -> None:
         painter = QPainter(self)
         painter.setRenderHint(QPainter.RenderHint.Antialiasing)
-        area = QRectF(self.rect()).adjusted(34, 6, -8, -30)
+        width = painter.fontMetrics().horizontalAdvance("100%") + 8
+        area = QRectF(self.rect()).adjusted(width, 6, -8, -30)
         text = self.palette().text().color()
         painter.setPen(QPen(text, 1))
         painter.drawRect(area)
         painter.drawText(
             QRectF(area.left(), area.bottom() + 4, area.width(), 14),
             Qt.AlignmentFlag.AlignCenter,
-            "hottest share of experts →",
+            "share of each layer's experts, hottest first →",
         )
-        painter.drawText(QRectF(0, area.top() - 2, 30, 14), Qt.AlignmentFlag.AlignRight, "100%")
-        painter.drawText(QRectF(0, area.bottom() - 12, 30, 14), Qt.AlignmentFlag.AlignRight, "0")
-        painter.setPen(QPen(QColor("#999999"), 1, Qt.PenStyle.DotLine))  # uniform routing
+        line = painter.fontMetrics().height()
+        right = Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter
+        for label, y in (("100%", area.top()), ("50%", area.center().y()), ("0", area.bottom())):
+            painter.drawText(QRectF(0, y - line / 2, width - 4, line), right, label)
+        painter.setPen(QPen(self.palette().color(QPalette.ColorRole.PlaceholderText), 1,
+                            Qt.PenStyle.DotLine))  # uniform routing  # fmt: skip
         painter.drawLine(area.bottomLeft(), area.topRight())
         for values, colour, style in (
             (self.held_out, QColor("#1c7ed6"), Qt.PenStyle.DashLine),
@@ -151,7 +223,7 @@ class ExpertsPanel(QWidget):
         super().__init__(parent, Qt.WindowType.Window)
         self.setObjectName("expertsPanel")
         self.setWindowTitle("Experts")
-        self.resize(900, 700)
+        self.resize(960, 700)
         self.model: LoadedModel | None = None
         self.heat: HeatProfile | None = None
         self.last_reply: dict[str, Any] | None = None
@@ -164,7 +236,15 @@ class ExpertsPanel(QWidget):
         )
         self.profiling.setObjectName("profilingCheck")
         self.profiling.toggled.connect(self.profiling_toggled)
+        self.explanation = QLabel(EXPLANATION, self)
+        self.explanation.setObjectName("expertsExplanation")
+        self.explanation.setWordWrap(True)
         self.heat_map = HeatMap(self)
+        self.map_scroll = QScrollArea(self)
+        self.map_scroll.setWidget(self.heat_map)
+        self.map_scroll.setWidgetResizable(True)
+        self.map_scroll.setFrameShape(QScrollArea.Shape.NoFrame)
+        self.map_scroll.setAccessibleName("Expert heat map")
         self.coverage = CoveragePlot(self)
         self.summary = QLabel(self)
         self.summary.setObjectName("heatSummary")
@@ -180,14 +260,18 @@ class ExpertsPanel(QWidget):
             "Dotted: even routing.",
             self,
         )
-        legend.setObjectName("statLabel")
+        legend.setObjectName("hintLabel")
         legend.setWordWrap(True)
-        coverage_box = QVBoxLayout()
+        coverage_column = QWidget(self)
+        coverage_box = QVBoxLayout(coverage_column)
+        coverage_box.setContentsMargins(0, 0, 0, 0)
         coverage_box.addWidget(self.coverage, 1)
         coverage_box.addWidget(legend)
-        plots = QHBoxLayout()
-        plots.addWidget(self.heat_map, 3)
-        plots.addLayout(coverage_box, 2)
+        self.plots = QWidget(self)
+        plots = QHBoxLayout(self.plots)
+        plots.setContentsMargins(0, 0, 0, 0)
+        plots.addWidget(self.map_scroll, 3)
+        plots.addWidget(coverage_column, 2)
         self.tune_button = QPushButton("Tune for this machine", self)
         self.tune_button.setObjectName("tuneButton")
         self.tune_button.setToolTip(
@@ -230,8 +314,9 @@ class ExpertsPanel(QWidget):
         tune_row.addStretch(0)
 
         layout = QVBoxLayout(self)
+        layout.addWidget(self.explanation)
         layout.addWidget(self.profiling)
-        layout.addLayout(plots, 1)
+        layout.addWidget(self.plots, 1)
         layout.addWidget(self.summary)
         layout.addWidget(self.placement)
         layout.addLayout(tune_row)
@@ -330,6 +415,9 @@ class ExpertsPanel(QWidget):
     def _refresh(self) -> None:
         model, heat = self.model, self.heat
         moe = model is not None and model.n_experts >= 2
+        # A dense model has no experts: no map, no curve, no counting; just the sentence.
+        for widget in (self.explanation, self.profiling, self.plots):
+            widget.setVisible(moe or model is None)
         self.profiling.setEnabled(moe or model is None)
         self.tune_button.setEnabled(model is not None and not self.tuning_running)
         counts = heat.total if heat is not None else None
@@ -343,7 +431,10 @@ class ExpertsPanel(QWidget):
         if model is None:
             self.summary.setText("Load a Mixture-of-Experts model to see its experts.")
         elif not moe:
-            self.summary.setText(f"{model.name} has no experts: it is a dense model.")
+            self.summary.setText(
+                f"{model.name} is a dense model: it has no experts, and every weight is read for "
+                "every token, so there is no expert map. Where its layers are is below."
+            )
         elif heat is None or counts is None or curve is None:
             self.summary.setText(
                 "Turn counting on and chat: the map fills in as replies stream."

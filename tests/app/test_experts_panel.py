@@ -159,3 +159,39 @@ def test_cancelled_tuning_changes_nothing(qtbot: QtBot, upcycled_moe: Path) -> N
     assert not list((app_home() / "tuning").glob("*.json"))
     panel.close()
     close(window)
+
+
+def test_the_map_explains_itself_has_a_scale_and_hides_for_a_dense_model(
+    qtbot: QtBot, synthetic_model: Path, smollm2: Path
+) -> None:
+    from app.experts_panel import FULL_AT, HOT, MIN_CELL_H, _label_step, heat_colour
+
+    window = open_window(qtbot)
+    model = load(qtbot, window, synthetic_model)
+    panel = window.open_experts()
+    qtbot.waitExposed(panel)
+    assert panel.explanation.isVisible() and "VRAM" in panel.explanation.text()
+    assert panel.plots.isVisible()
+    panel.profiling.click()
+    qtbot.waitUntil(lambda: panel.heat is not None, timeout=LOAD_TIMEOUT_MS)
+    with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
+        type_and_send(qtbot, window, "hello world expert router")
+    qtbot.waitUntil(lambda: panel.heat_map.relative is not None)
+    # Cells are never squeezed below readable: the map scrolls instead.
+    assert panel.heat_map.minimumHeight() >= model.n_layers * MIN_CELL_H
+    # The scale runs from the background (never picked) to full colour at FULL_AT x average.
+    base = panel.heat_map.palette().color(panel.heat_map.backgroundRole())
+    assert heat_colour(0.0, base) == base and heat_colour(FULL_AT, base) == HOT
+    image = panel.heat_map.grab().toImage()
+    hot = [image.pixelColor(x, image.height() - 25) for x in range(image.width())]
+    assert any(abs(p.red() - HOT.red()) + abs(p.green() - HOT.green()) < 20 for p in hot)
+    # Layer numbers are drawn at steps that fit: every layer when tall enough, fewer if not.
+    assert _label_step(4, 200, 16) == 1 and _label_step(48, 300, 16) == 4
+    assert _label_step(128, 512, 30) == 16  # 32 px apart would be too close for 30 px
+
+    load(qtbot, window, smollm2)  # a dense model: no experts to show
+    assert not panel.plots.isVisible() and not panel.profiling.isVisible()
+    assert "dense model" in panel.summary.text()
+    assert panel.placement.text().startswith("Placement:")
+    panel.close()
+    close(window)
