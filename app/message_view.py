@@ -45,7 +45,10 @@ STREAM_RENDER_SHARE = 0.02
 STREAM_RENDER_MAX_INTERVAL_MS = 300
 
 
-def is_dark(palette: QPalette) -> bool:
+def is_dark(palette: QPalette | None = None) -> bool:
+    """Whether text is light on dark: by the app's palette (a widget's own can be changed
+    by the style sheet, a transparent background reading as black)."""
+    palette = palette or QGuiApplication.palette()
     return palette.color(QPalette.ColorRole.Base).lightness() < 128
 
 
@@ -307,7 +310,7 @@ class MessageWidget(QFrame):
         self.who.setText("You" if user else (message.model_name or "Assistant"))
         self._show_alternatives()
         self._show_reasoning()
-        self._show_blocks(render(message.content, is_dark(self.palette()), hard_breaks=user))
+        self._show_blocks(render(message.content, is_dark(), hard_breaks=user))
         self._show_footer()
 
     def _show_alternatives(self) -> None:
@@ -367,7 +370,7 @@ class MessageWidget(QFrame):
         self.reasoning.setVisible(opened)
 
     def _show_blocks(self, segments: Sequence[Segment]) -> None:
-        background = code_background(is_dark(self.palette()))
+        background = code_background(is_dark())
         for index, segment in enumerate(segments):
             kind = _CodeBlock if segment.kind == "code" else _TextBlock
             if index < len(self.blocks) and isinstance(self.blocks[index], kind):
