@@ -264,7 +264,7 @@ def test_the_conversation_background_follows_the_palette(
     image = view.grab().toImage()
     background = image.pixelColor(image.width() // 2, image.height() - 20)  # below the text
     assert (background.lightness() < 60) if dark else (background.lightness() > 220)
-    [text_block, code] = blocks(view, 1)
+    [text_block, _code] = blocks(view, 1)
     ink = text_block.palette().color(text_block.foregroundRole())
     assert abs(ink.lightness() - background.lightness()) > 120  # readable on it
     for _ in range(2):  # as first rendered, and re-rendered once styled (a palette change)
