@@ -123,13 +123,13 @@ def bench_window(model: Path, rounds: int, n_tokens: int) -> None:
 
     app = QApplication.instance() or QApplication([])
     window = ChatWindow(Store(), autoload=False)
-    window.sampling = SamplingSettings.greedy(n_tokens)
     window.show()
     loop = QEventLoop()
     loaded: list = []
     window.model_ready.connect(lambda m: (loaded.append(m), loop.quit()))
     window.load_model(str(model))
     loop.exec()
+    window.sampling = SamplingSettings.greedy(n_tokens)  # (a load sets the model's own)
     settings = LoadSettings(n_ctx=loaded[0].n_ctx, n_threads=loaded[0].n_threads)
     session = Session(model, settings=settings)
     ll = session._ll
