@@ -70,6 +70,7 @@ class SettingsDialog(QDialog):
 
         self.token = QLineEdit(self)
         self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token.setAccessibleName("Hugging Face token")
         saved = self.library.saved_token()
         self.token.setPlaceholderText(
             "saved; type a new one to replace it"
@@ -89,6 +90,7 @@ class SettingsDialog(QDialog):
         form.addRow("", token_note)
 
         self.endpoint = QLineEdit(hub.endpoint or "", self)
+        self.endpoint.setAccessibleName("Hub address")
         from huggingface_hub import constants
 
         self.endpoint.setPlaceholderText(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
@@ -103,6 +105,7 @@ class SettingsDialog(QDialog):
 
         folder_row = QHBoxLayout()
         self.models_dir = QLineEdit(str(self.library.models_dir), self)
+        self.models_dir.setAccessibleName("Models folder")
         browse = QPushButton("Browse…", self)
         browse.clicked.connect(self._on_browse_clicked)
         folder_row.addWidget(self.models_dir, 1)

@@ -16,6 +16,7 @@ from PySide6.QtGui import QGuiApplication
 from PySide6.QtWidgets import (
     QAbstractButton,
     QAbstractScrollArea,
+    QAbstractSpinBox,
     QApplication,
     QComboBox,
     QDialogButtonBox,
@@ -340,22 +341,36 @@ def test_the_window_works_at_laptop_and_small_sizes(qtbot: QtBot, size: tuple[in
     close(window)
 
 
-def test_every_control_has_an_accessible_name(qtbot: QtBot) -> None:
-    store, *_ = _filled_store()
-    window = ChatWindow(store, autoload=False)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitExposed(window)
-    kinds = (QAbstractButton, QLineEdit, QComboBox, QPlainTextEdit, QListWidget)
-    unnamed = [
-        f"{type(w).__name__} {w.objectName()}"
-        for w in window.findChildren(QWidget)
-        if isinstance(w, kinds)
-        and w.isVisibleTo(window)
-        and not (w.accessibleName() or (isinstance(w, QAbstractButton) and w.text()))
-    ]
-    assert unnamed == []
+def test_every_control_has_an_accessible_name(qtbot: QtBot, synthetic_model: Path) -> None:
+    """What a screen reader says for each control, in the window, its dialogs and panels:
+    its accessible name, or its label (a button's text, a form row's label)."""
+    from PySide6.QtGui import QAccessible
+
+    window = open_window(qtbot)
+    load(qtbot, window, synthetic_model)
+    manager = window.open_model_manager()
+    with qtbot.waitSignal(manager.machine_ready, timeout=LOAD_TIMEOUT_MS):
+        pass
+    windows = [window, manager, window.open_settings(), window.open_system_prompt(),
+               window.open_sampling(), window.open_experts()]  # fmt: skip
+    kinds = (QAbstractButton, QLineEdit, QComboBox, QPlainTextEdit, QListWidget,
+             QAbstractSpinBox)  # fmt: skip
+    unnamed = []
+    for top in windows:
+        assert top is not None
+        qtbot.waitExposed(top)
+        for widget in top.findChildren(QWidget):
+            inner = isinstance(widget.parentWidget(), (QAbstractSpinBox, QComboBox))
+            if isinstance(widget, kinds) and widget.isVisibleTo(top) and not inner:
+                interface = QAccessible.queryAccessibleInterface(widget)
+                name = interface.text(QAccessible.Text.Name) if interface else ""
+                if not name.strip():
+                    unnamed.append(f"{type(top).__name__}: {type(widget).__name__} "
+                                   f"{widget.objectName()} {widget.toolTip()[:30]}")  # fmt: skip
+    assert unnamed == [], "\n".join(unnamed)
     assert window.view.accessibleName() == "Conversation"
+    for top in windows[1:]:
+        top.close()
     close(window)
 
 
@@ -452,4 +467,47 @@ def test_every_dialog_fits_a_1366x768_laptop(qtbot: QtBot, synthetic_model: Path
     assert manager.load_button.isVisible()
     for dialog in dialogs[1:]:
         dialog.close()
+    close(window)
+
+
+def test_gpt_oss_gets_a_reasoning_effort_control(qtbot: QtBot, tmp_path: Path) -> None:
+    from app.chat_window import template_options
+    from engine.chat_format import TemplateOptions
+    from engine.synthetic import build_arch_model
+    from tests.helpers.templates import FAMILY_TEMPLATES, templates_dir
+
+    template = (templates_dir() / FAMILY_TEMPLATES["gpt-oss"]).read_text()
+    model = build_arch_model(tmp_path / "gpt-oss.gguf", "gpt-oss", chat_template=template)
+    window = open_window(qtbot)
+    load(qtbot, window, model)
+    combo = window.reasoning_combo
+    assert combo.isVisible() and combo.itemText(3) == "Reasoning: high"
+    combo.setCurrentIndex(3)
+    combo.activated.emit(3)
+    conversation = window.store.conversation(window._conversation_id)
+    assert conversation.reasoning == "high"
+    supported = window._model.template_options
+    assert template_options(conversation.reasoning, supported) == TemplateOptions(
+        reasoning_effort="high"
+    )
+    # A setting the loaded model does not read is left out, never sent to its template.
+    assert template_options("off", supported) == TemplateOptions()
+    assert template_options("high", ("enable_thinking",)) == TemplateOptions()
+    window.sampling = SamplingSettings.greedy(4)
+    reply_to(qtbot, window, "hi")  # the template takes it
+    close(window)
+
+
+def test_open_model_starts_in_the_last_models_folder_else_the_models_folder_else_home(
+    qtbot: QtBot, tmp_path: Path
+) -> None:
+    from app.chat_window import LAST_MODEL_KEY
+
+    window = open_window(qtbot)
+    models = window.library.models_dir  # made when first asked for
+    assert window.open_folder() == str(models)  # never "/"
+    window.store.set_setting(LAST_MODEL_KEY, str(tmp_path / "elsewhere" / "m.gguf"))
+    assert window.open_folder() == str(models)  # that folder is gone
+    (tmp_path / "elsewhere").mkdir()
+    assert window.open_folder() == str(tmp_path / "elsewhere")
     close(window)
