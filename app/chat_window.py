@@ -520,13 +520,11 @@ class ChatWindow(QMainWindow):
             self.load_model(path)
 
     def open_folder(self) -> str:
-        """Where "Open model…" starts: the last model's folder, else the models folder, else
-        home."""
+        """Where "Open model…" starts: the last model's folder, else the models folder."""
         last = self.store.get_setting(LAST_MODEL_KEY)
-        for folder in (Path(last).parent if last else None, self.library.models_dir):
-            if folder is not None and folder.is_dir():
-                return str(folder)
-        return str(Path.home())
+        if last and Path(last).parent.is_dir():
+            return str(Path(last).parent)
+        return str(self.library.models_dir)
 
     @Slot()
     def tune_model(self) -> None:
