@@ -79,7 +79,7 @@ def highlight_code(source: str, language: str, dark: bool) -> str:
     """``source`` as a ``<pre>`` with inline colours (Qt's rich text takes no classes)."""
     try:
         lexer = get_lexer_by_name(language) if language else TextLexer()
-    except ClassNotFound:
+    except (ClassNotFound, ImportError):  # an unknown name, or a lexer a bundle left out
         lexer = TextLexer()
     return str(highlight(source, lexer, _formatter(dark))).strip()
 

@@ -115,16 +115,6 @@ class Sidebar(QWidget):
             self.conversation_list.setCurrentItem(current)
         self.conversation_list.blockSignals(False)
 
-    def current_id(self) -> int | None:
-        item = self.conversation_list.currentItem()
-        return int(item.data(Qt.ItemDataRole.UserRole)) if item is not None else None
-
-    def titles(self) -> list[str]:
-        """The list as shown (the running mark included)."""
-        return [
-            self.conversation_list.item(i).text() for i in range(self.conversation_list.count())
-        ]
-
     @Slot(QListWidgetItem, QListWidgetItem)
     def _on_conversation_list_changed(
         self, item: QListWidgetItem | None, _previous: object

@@ -14,13 +14,15 @@ trap 'kill $app $xvfb 2>/dev/null; rm -rf "$home"' EXIT
 sleep 1
 export DISPLAY=:95 MOE_CHAT_HOME="$home" QT_QPA_PLATFORM=xcb
 
-# The model manager as a new user first sees it (no model chosen yet): replaced below.
+# The model manager as a new user first sees it (no model chosen yet), in the dark
+# appearance (Settings → Appearance).
+.venv/bin/python -c 'from engine.store import Store; Store().set_setting("theme", "dark")'
 .venv/bin/moe-chat >/dev/null 2>&1 &
 app=$!
 xdotool search --sync --onlyvisible --name '^Models$' >/dev/null
 sleep "${PROBE_DELAY:-4}"  # machine detection and planning
-import -window root docs/model-manager.png
-echo "wrote docs/model-manager.png"
+import -window root docs/model-manager-dark.png
+echo "wrote docs/model-manager-dark.png"
 
 # The model manager downloading: a fake Hub on 127.0.0.1 serves SmolLM2 under a catalog
 # repository's name (limited to 8 MB/s so progress shows); a download queued before start,
