@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     from app.chat_window import ChatWindow
     from app.theme import THEME_KEY, apply_theme, style_sheet
     from engine.errors import MoeChatError
+    from engine.library import Library
     from engine.store import Store
 
     _setup_logging()
@@ -99,13 +100,16 @@ def main(argv: list[str] | None = None) -> int:
     _install_excepthook()
     try:
         store = Store()
+        library = Library()
     except MoeChatError as exc:
         from PySide6.QtWidgets import QMessageBox
 
         QMessageBox.critical(None, "MoE Chat cannot start", str(exc))
         return 1
     apply_theme(app, store.get_setting(THEME_KEY, "system"))
-    window = ChatWindow(store, autoload=args.model is None, first_run_models=args.model is None)
+    window = ChatWindow(
+        store, autoload=args.model is None, first_run_models=args.model is None, library=library
+    )
     window.show()
     if args.model:
         window.load_model(args.model)

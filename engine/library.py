@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST_NAME = "models.json"
 TOKEN_NAME = "hf_token"
-SCHEMA = 1
+SCHEMA = 1  # models.json's layout: a newer file is refused, never rewritten
 
 
 @dataclass(frozen=True)
@@ -138,6 +138,9 @@ class Library:
             stale.unlink(missing_ok=True)
         try:
             data = json.loads(self.file.read_text(encoding="utf-8"))
+            schema = data.get("schema", 1) if isinstance(data, dict) else None
+            if not isinstance(schema, int) or isinstance(schema, bool):
+                raise ValueError("it is not a list of models MoE Chat wrote")
         except FileNotFoundError:
             return _State()
         except (OSError, ValueError) as exc:
@@ -146,6 +149,12 @@ class Library:
                 self.file.rename(aside)
             log.warning("%s could not be read (%s); kept it as %s", self.file, exc, aside)
             return _State()
+        if schema > SCHEMA:
+            # Never rewritten: an older build saving it would drop what it does not know.
+            raise StoreError(
+                f"The list of installed models ({self.file}) was written by a newer MoE Chat.",
+                "Update MoE Chat to use it; nothing in it was changed.",
+            )
         hub = data.get("hub") or {}
         return _State(
             models_dir=data.get("models_dir"),
