@@ -19,6 +19,7 @@ from pytestqt.qtbot import QtBot
 from app.about import AboutDialog
 from app.chat_window import LAST_MODEL_KEY, ChatWindow
 from engine import package_version
+from engine.devices import engine_build
 from engine.host import LoadedModel
 from engine.session import SamplingSettings
 from engine.store import Store
@@ -240,8 +241,13 @@ def test_help_about_names_the_engine_build_and_copies_the_details(qtbot: QtBot) 
     assert dialog is not None
     qtbot.waitExposed(dialog)
     facts = dict(dialog.facts)
-    assert facts["Engine"].startswith("llama.cpp via llama-cpp-python 0.3.36: CPU-only build")
-    assert "CPU-only build" in facts["GPUs the engine uses"]
+    build = engine_build()  # the build these tests run on: CPU-only here and in CI, any elsewhere
+    assert facts["Engine"] == build.describe()
+    assert facts["Engine"].startswith("llama.cpp via llama-cpp-python 0.3.36: ")
+    if build.accelerator is None:
+        assert "CPU-only build" in facts["GPUs the engine uses"]
+    else:
+        assert facts["GPUs the engine uses"] not in ("", "unknown")
     assert facts["Version"] == package_version()
     assert "0.3.36" in dialog.text.text()
     qtbot.mouseClick(dialog.copy_button, Qt.MouseButton.LeftButton)

@@ -9,6 +9,8 @@ from PySide6.QtWidgets import QAbstractItemView
 from pytestqt.qtbot import QtBot
 
 from app.model_manager import RECOMMENDED_KEY, ModelManager
+from engine.gguf_file import read_gguf
+from engine.planner import ModelShape, plan
 from tests.helpers.windows import TIMEOUT_MS, close, open_manager
 
 
@@ -76,7 +78,9 @@ def test_loading_a_local_model_from_the_dialog_starts_the_chat(
     assert "incomplete" in manager.local_error.text()
     add_local(qtbot, manager, synthetic_model)
     assert manager.local_table.rowCount() == 1
-    assert manager.local_table.item(0, 2).text() == "CPU only"  # planned from its header
+    planned = plan(ModelShape.from_gguf(read_gguf(synthetic_model)), manager.machine,
+                   manager.settings)  # fmt: skip
+    assert manager.local_table.item(0, 2).text() == planned.verdict.value  # from its header
     with qtbot.waitSignal(window.model_ready, timeout=TIMEOUT_MS) as loaded:
         qtbot.mouseClick(manager.load_button, Qt.MouseButton.LeftButton)
     assert loaded.args[0].path == str(synthetic_model)
