@@ -7,7 +7,7 @@ Run from the repository root, after the README's test command installed everythi
 Serves a file of random bytes (named like a GGUF) from the test suite's fake Hub on
 127.0.0.1 (API on one port, CDN on another, as the real Hub redirects), in a process of its
 own so that neither client shares a Python interpreter with the server, then alternately:
-- ours: resolve + Downloader (huggingface-hub's http_get into our partial file, sha256 while
+- ours: resolve + Downloader (huggingface-hub's HTTP session into our partial file, sha256 while
   writing, atomic install into the manifest), from the first request to the installed model;
 - curl: ``curl -L`` of the same resolve URL (following the same redirect) to a file.
 Each run starts with an empty destination and after an ``os.sync()``, so one run's

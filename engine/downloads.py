@@ -5,9 +5,10 @@
    to the commit the Hub resolved.
 2. :meth:`Downloader.enqueue` checks free disk space for everything still to fetch, then
    queues the download; one worker thread fetches queued downloads one after another.
-3. Each file goes through huggingface-hub: ``get_hf_file_metadata`` resolves the pinned file
-   (a redirect to the CDN, as ``hf_hub_download`` does) and ``http_get`` streams it with
-   ``Range`` resumes and its own retries, into ``<file>.<sha>.part`` in the models directory.
+3. Each file goes through huggingface-hub's public API: ``get_hf_file_metadata`` resolves the
+   pinned file (a redirect to the CDN, as ``hf_hub_download`` does) and its HTTP session
+   (``get_session``) streams it with ``Range`` resumes, into ``<file>.<sha>.part`` in the
+   models directory.
    The partial file is ours, not the library's, so it survives a pause, a dropped connection,
    a closed app or a crash, and the next attempt continues from its last byte. Around that we
    retry with backoff, and a read timeout is the stall watchdog.
@@ -33,7 +34,7 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any
 
 from engine.errors import MoeChatError
 from engine.library import InstalledModel, Library, ModelFile
@@ -41,6 +42,7 @@ from engine.library import InstalledModel, Library, ModelFile
 log = logging.getLogger(__name__)
 
 READ_BLOCK = 8 << 20
+CHUNK_BYTES = 1 << 20  # small enough for smooth progress and a prompt pause on a slow link
 DISK_MARGIN = 1 << 30  # keep this much free after the download (bytes)
 EVENT_INTERVAL = 0.1  # seconds between progress events of one download
 SPEED_WINDOW = 5.0  # seconds of history behind the shown speed
@@ -382,8 +384,8 @@ class _Meter:
 
 
 class _PartFile:
-    """The file ``http_get`` writes into: hashes what is written, reports it, and stops the
-    download at the next chunk once ``stop`` is set."""
+    """The partial file a download writes into: hashes what is written, reports it, and stops
+    the download at the next chunk once ``stop`` is set."""
 
     def __init__(self, path: Path, stop: threading.Event, on_size: Callable[[int], None]) -> None:
         self.path = path
@@ -737,16 +739,10 @@ class Downloader:
         report: Callable[..., None],
     ) -> None:
         """Fetch one file into its partial file, retrying, then verify and rename it."""
-        from huggingface_hub import constants
-
         directory = self.library.models_dir
         part = part_path(directory, release, remote)
         if part.is_file() and part.stat().st_size > remote.size:
             part.unlink()  # cannot be a prefix of this file
-        # The read timeout is the stall watchdog; 1 MiB chunks (not 10) keep progress smooth
-        # and a pause prompt on slow links. Both are read by http_get at call time.
-        setattr(constants, "HF_HUB_DOWNLOAD_TIMEOUT", self.retry.stall_timeout)  # noqa: B010
-        setattr(constants, "DOWNLOAD_CHUNK_SIZE", 1 << 20)  # noqa: B010
         failures = 0
         while True:
             before = part.stat().st_size if part.exists() else 0
@@ -788,8 +784,9 @@ class Downloader:
         report: Callable[..., None],
     ) -> None:
         from huggingface_hub import get_hf_file_metadata, hf_hub_url
-        from huggingface_hub.file_download import http_get
-        from huggingface_hub.utils._headers import build_hf_headers
+
+        # Public (huggingface_hub.utils), though its lazy loader hides it from mypy.
+        from huggingface_hub.utils import build_hf_headers  # type: ignore[attr-defined]
 
         hub.check_online()
         url = hf_hub_url(release.repo, remote.path, revision=release.commit, endpoint=hub.endpoint)
@@ -821,15 +818,7 @@ class Downloader:
             on_size(target.size)
             report("running", force=True)
             if target.size < remote.size:
-                http_get(
-                    location,
-                    cast(BinaryIO, target),
-                    resume_size=target.size,
-                    headers=headers,
-                    expected_size=remote.size,
-                    displayed_filename=remote.path,
-                    tqdm_class=_silent_bar(),
-                )
+                _stream_into(target, location, headers, remote.size, self.retry.stall_timeout)
             digest = target.digest.hexdigest()
         finally:
             target.close()
@@ -874,19 +863,33 @@ def _sha256(path: Path, stop: threading.Event) -> str:
     return digest.hexdigest()
 
 
-_BAR: type | None = None
+def _stream_into(
+    target: _PartFile, url: str, headers: dict[str, str], expected: int, stall_s: float
+) -> None:
+    """GET ``url`` into ``target`` from where it ends (a Range request), 1 MiB at a time, with
+    huggingface-hub's HTTP session. No byte for ``stall_s`` is a timeout (the stall watchdog);
+    a server that ignores the range sends the file whole, and ``target`` starts over.
 
+    Raises:
+        OSError: the file came short or long (worth another try, like a dropped connection).
+    """
+    import httpx2  # huggingface-hub 2's HTTP client
+    from huggingface_hub import get_session, hf_raise_for_status
 
-def _silent_bar() -> type:
-    """huggingface-hub's progress bar class, switched off: progress is ours (:class:`_PartFile`)."""
-    global _BAR
-    if _BAR is None:
-        from huggingface_hub.utils.tqdm import tqdm
-
-        class SilentBar(tqdm):
-            def __init__(self, *args: Any, **kwargs: Any) -> None:
-                kwargs["disable"] = True
-                super().__init__(*args, **kwargs)  # type: ignore[no-untyped-call]
-
-        _BAR = SilentBar
-    return _BAR
+    headers = dict(headers)
+    resume = target.size
+    if resume:
+        headers["Range"] = f"bytes={resume}-"
+    with get_session().stream(
+        "GET", url, headers=headers, timeout=httpx2.Timeout(stall_s), follow_redirects=True
+    ) as response:
+        hf_raise_for_status(response)
+        if resume and response.status_code == 200:
+            target.seek(0)
+            target.truncate()
+        for chunk in response.iter_bytes(CHUNK_BYTES):
+            target.write(chunk)
+            if target.size > expected:
+                break
+    if target.size != expected:
+        raise OSError(errno.EIO, f"received {target.size:,} of {expected:,} bytes of {url}")
