@@ -33,6 +33,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
+from enum import Enum
 from pathlib import Path
 from typing import Any
 
@@ -321,14 +322,26 @@ def _gb(n: float) -> str:
 # -- progress ----------------------------------------------------------------------------------
 
 
+class DownloadState(str, Enum):
+    """Where a download is. A str, so a state compares equal to its name ("running")."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    RETRYING = "retrying"
+    VERIFYING = "verifying"
+    PAUSED = "paused"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+    DONE = "done"
+
+
 @dataclass(frozen=True)
 class DownloadEvent:
-    """Where one download stands. ``state``: queued, running, retrying, verifying, paused,
-    failed, cancelled, done."""
+    """Where one download stands."""
 
     job_id: str
     name: str
-    state: str
+    state: DownloadState
     done: int
     total: int
     file_name: str = ""
@@ -463,21 +476,22 @@ class RetryPolicy:
 class Job:
     id: str
     release: Release
-    state: str = "queued"  # queued, running, paused, failed (cancelled and done jobs leave)
+    state: DownloadState = DownloadState.QUEUED  # cancelled and done jobs leave the queue
     message: str = ""
 
     def to_json(self) -> dict[str, Any]:
-        state = "queued" if self.state == "running" else self.state  # resume after a crash
-        return {"id": self.id, "release": self.release.to_json(), "state": state,
+        running = self.state is DownloadState.RUNNING
+        state = DownloadState.QUEUED if running else self.state  # resumed after a crash
+        return {"id": self.id, "release": self.release.to_json(), "state": state.value,
                 "message": self.message}  # fmt: skip
 
     @classmethod
     def from_json(cls, data: dict[str, Any]) -> Job:
-        state = data.get("state", "queued")
+        state = DownloadState(data.get("state", "queued"))
         return cls(
             id=data["id"],
             release=Release.from_json(data["release"]),
-            state="queued" if state == "running" else state,
+            state=DownloadState.QUEUED if state is DownloadState.RUNNING else state,
             message=data.get("message", ""),
         )
 
@@ -520,8 +534,15 @@ class Downloader:
     def event(self, job: Job) -> DownloadEvent:
         """A job's standing from the disk, for a list shown before any progress arrives."""
         done = on_disk(self.library.models_dir, job.release)
-        return DownloadEvent(job.id, job.release.name, job.state, done, job.release.size,
-                             file_count=len(job.release.files), message=job.message)  # fmt: skip
+        return DownloadEvent(
+            job_id=job.id,
+            name=job.release.name,
+            state=job.state,
+            done=done,
+            total=job.release.size,
+            file_count=len(job.release.files),
+            message=job.message,
+        )
 
     def enqueue(self, release: Release) -> Job:
         """Queue ``release`` after checking it fits on disk (raises NotEnoughSpace)."""
@@ -530,7 +551,7 @@ class Downloader:
         with self._cond:
             for job in self._jobs:
                 if job.release.model_id == release.model_id:
-                    if job.state in ("paused", "failed"):
+                    if job.state in (DownloadState.PAUSED, DownloadState.FAILED):
                         self.resume(job.id)
                     return job
         check_disk(self.library.models_dir, release, self.free)
@@ -543,18 +564,18 @@ class Downloader:
         return job
 
     def pause(self, job_id: str) -> None:
-        self._halt(job_id, "paused")
+        self._halt(job_id, DownloadState.PAUSED)
 
     def cancel(self, job_id: str) -> None:
         """Stop and forget a download and delete its partial files."""
-        self._halt(job_id, "cancelled")
+        self._halt(job_id, DownloadState.CANCELLED)
 
     def resume(self, job_id: str) -> None:
         with self._cond:
             job = self._job(job_id)
-            if job is None or job.state not in ("paused", "failed"):
+            if job is None or job.state not in (DownloadState.PAUSED, DownloadState.FAILED):
                 return
-            job.state, job.message = "queued", ""
+            job.state, job.message = DownloadState.QUEUED, ""
             self._save()
             self._cond.notify_all()
         self._emit(self.event(job))
@@ -564,7 +585,7 @@ class Downloader:
         download back to the queue (it waits there); turned off, the queue moves again."""
         with self._cond:
             if self._current is not None and (self.library.hub.offline or offline_by_environment()):
-                self._current.state = "queued"
+                self._current.state = DownloadState.QUEUED
                 self._stop.set()
             self._cond.notify_all()
 
@@ -574,7 +595,10 @@ class Downloader:
 
     def active(self) -> bool:
         with self._cond:
-            return self._current is not None or any(j.state == "queued" for j in self._jobs)
+            return self._has_work()
+
+    def _has_work(self) -> bool:  # with self._cond held
+        return self._current is not None or any(j.state is DownloadState.QUEUED for j in self._jobs)
 
     def close(self, timeout: float = 2.0) -> None:
         """Stop the worker; the running download stays queued and resumes next time."""
@@ -589,7 +613,7 @@ class Downloader:
         """Block until nothing is queued or running (for scripts and tests)."""
         deadline = time.monotonic() + timeout
         with self._cond:
-            while self._current is not None or any(j.state == "queued" for j in self._jobs):
+            while self._has_work():
                 left = deadline - time.monotonic()
                 if left <= 0:
                     return False
@@ -610,7 +634,7 @@ class Downloader:
         except Exception:  # a listener's bug must not kill the download
             log.exception("download listener failed")
 
-    def _halt(self, job_id: str, state: str) -> None:
+    def _halt(self, job_id: str, state: DownloadState) -> None:
         with self._cond:
             job = self._job(job_id)
             if job is None:
@@ -646,7 +670,7 @@ class Downloader:
                 if self._closing:
                     return
                 assert job is not None
-                job.state = "running"
+                job.state = DownloadState.RUNNING
                 self._current = job
                 self._stop = stop = threading.Event()
             try:
@@ -673,7 +697,7 @@ class Downloader:
         with self._cond:
             if job.state != "running":
                 return  # paused or cancelled meanwhile: that is what the user asked for
-            job.state, job.message = "failed", f"{message} {hint}".strip()
+            job.state, job.message = DownloadState.FAILED, f"{message} {hint}".strip()
             self._save()
         self._emit(self.event(job))
 
@@ -693,10 +717,22 @@ class Downloader:
             if not force and now - last_event < EVENT_INTERVAL:
                 return
             last_event = now
-            self._emit(DownloadEvent(
-                job.id, release.name, state, meter.done, meter.total, remote.path, index + 1,
-                len(release.files), meter.file_done, remote.size, meter.speed, message,
-            ))  # fmt: skip
+            self._emit(
+                DownloadEvent(
+                    job_id=job.id,
+                    name=release.name,
+                    state=DownloadState(state),
+                    done=meter.done,
+                    total=meter.total,
+                    file_name=remote.path,
+                    file_index=index + 1,
+                    file_count=len(release.files),
+                    file_done=meter.file_done,
+                    file_total=remote.size,
+                    speed=meter.speed,
+                    message=message,
+                )
+            )
 
         finals = []
         for index, remote in enumerate(release.files):
@@ -725,8 +761,16 @@ class Downloader:
             if stop.is_set():
                 raise _Stopped
             self.library.install(model, finished_download=job.id)
-        self._emit(DownloadEvent(job.id, release.name, "done", release.size, release.size,
-                                 model_path=model.path))  # fmt: skip
+        self._emit(
+            DownloadEvent(
+                job_id=job.id,
+                name=release.name,
+                state=DownloadState.DONE,
+                done=release.size,
+                total=release.size,
+                model_path=model.path,
+            )
+        )
         return model
 
     def _fetch(
