@@ -59,6 +59,7 @@ from engine.host import ChatMessage, ChatRequest, EngineCrashed, LoadedModel, Qu
 from engine.library import Library
 from engine.session import SamplingSettings, Stats
 from engine.store import Store, StoredMessage
+from engine.units import format_bytes
 
 SAVE_INTERVAL_S = 1.0
 DRAFT_SAVE_DELAY_MS = 800
@@ -81,10 +82,6 @@ REASONING_CHOICES = {
         ("Thinking: off", "off"),
     ],
 }
-
-
-def _gib(n_bytes: float) -> str:
-    return f"{n_bytes / 2**30:.2f} GiB"
 
 
 def template_options(reasoning: str, supported: tuple[str, ...]) -> TemplateOptions:
@@ -1129,14 +1126,14 @@ class ChatWindow(QMainWindow):
         if devices:
             used = sum(used for used, _total in devices.values())
             total = sum(total for _used, total in devices.values())
-            of = f" / {_gib(total)}" if total else ""
-            self.vram_label.setText(f"VRAM {_gib(used)}{of}")
+            of = f" / {format_bytes(total)}" if total else ""
+            self.vram_label.setText(f"VRAM {format_bytes(used)}{of}")
         else:
             self.vram_label.setText("VRAM: no GPU in use")
 
     @staticmethod
     def _ram_text(rss: int) -> str:
-        return f"RAM {_gib(rss)} (free {_gib(psutil.virtual_memory().available)})"
+        return f"RAM {format_bytes(rss)} ({format_bytes(psutil.virtual_memory().available)} free)"
 
     # -- shutdown --------------------------------------------------------------------------
 

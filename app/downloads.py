@@ -32,10 +32,7 @@ from engine.downloads import (
 )
 from engine.errors import MoeChatError
 from engine.library import Library
-
-
-def _size(n: float) -> str:
-    return f"{n / 1e9:.1f} GB" if n >= 1e8 else f"{n / 1e6:.0f} MB"
+from engine.units import format_bytes
 
 
 def _duration(seconds: float) -> str:
@@ -49,7 +46,7 @@ def _duration(seconds: float) -> str:
 def describe(event: DownloadEvent) -> str:
     """One line for a download's state: progress, speed and time left, or what went wrong."""
     share = f"{event.fraction:.0%}"
-    amount = f"{_size(event.done)} of {_size(event.total)}"
+    amount = f"{format_bytes(event.done)} of {format_bytes(event.total)}"
     part = f" · part {event.file_index} of {event.file_count}" if event.file_count > 1 else ""
     if event.state == "running":
         speed = f" · {event.speed / 1e6:.1f} MB/s" if event.speed else ""
@@ -62,7 +59,7 @@ def describe(event: DownloadEvent) -> str:
         "paused": f"Paused at {share} ({amount})",
         "failed": event.message,
         "cancelled": "Cancelled; partial files deleted",
-        "done": f"Installed ({_size(event.total)}, verified)",
+        "done": f"Installed ({format_bytes(event.total)}, verified)",
     }.get(event.state, event.state)
 
 

@@ -34,6 +34,7 @@ from engine.heat import (
 )
 from engine.host import LoadedModel
 from engine.tuner import REFERENCE_PROMPT_TOKENS, REFERENCE_REPLY_TOKENS, Tuning
+from engine.units import format_bytes
 
 HOT_FRACTION = 0.25  # the summary's hot set: the hottest quarter of each layer's experts
 HOT = QColor("#d9480f")
@@ -478,7 +479,7 @@ class ExpertsPanel(QWidget):
         if model is None:
             return ""
         measured = model.device_bytes
-        where = ", ".join(f"{device} {size / 2**30:.2f} GiB" for device, size in measured.items())
+        where = ", ".join(f"{device} {format_bytes(size)}" for device, size in measured.items())
         layers = model.gpu_expert_layers
         n_layers = model.n_layers
         partial = (

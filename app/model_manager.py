@@ -40,6 +40,7 @@ from engine.hardware import MachineProfile, detect
 from engine.library import InstalledModel
 from engine.planner import Candidate, ModelShape, Plan, Settings, Verdict, plan, rank, recommend
 from engine.store import Store
+from engine.units import format_bytes
 
 MEASURED_KEY = "measured_models"  # path: what the engine reported when it was last loaded
 RECOMMENDED_KEY = "recommended_model"  # (model id, quant) last recommended
@@ -58,9 +59,8 @@ SOURCES = {"hub": "downloaded, verified", "copied": "imported (copy)", "linked":
 
 
 def _gb(n_bytes: float) -> str:
-    if not n_bytes:
-        return "–"
-    return f"{n_bytes / 1e9:.1f} GB" if n_bytes >= 1e8 else f"{n_bytes / 1e6:.0f} MB"
+    """A table cell's size: a dash for none."""
+    return format_bytes(n_bytes) if n_bytes else "–"
 
 
 def breakdown(result: Plan) -> str:
@@ -85,7 +85,7 @@ def machine_summary(machine: MachineProfile) -> str:
     cpu = machine.cpu_model or "unknown CPU"
     cores = f"{machine.physical_cores} cores" if machine.physical_cores else "cores unknown"
     ram = (
-        f"{machine.ram_total / 1e9:.0f} GB RAM ({(machine.ram_available or 0) / 1e9:.0f} GB free)"
+        f"{format_bytes(machine.ram_total)} RAM ({format_bytes(machine.ram_available or 0)} free)"
         if machine.ram_total
         else "RAM unknown"
     )
@@ -95,7 +95,7 @@ def machine_summary(machine: MachineProfile) -> str:
     lines = [f"<b>CPU</b> {html.escape(cpu)}, {cores} · <b>RAM</b> {ram}{bandwidth}"]
     for gpu in machine.gpus:
         memory = (
-            f"{(gpu.memory_free or 0) / 1e9:.1f} of {gpu.memory_total / 1e9:.1f} GB free"
+            f"{format_bytes(gpu.memory_free or 0)} of {format_bytes(gpu.memory_total)} free"
             if gpu.memory_total
             else "memory unknown"
         )

@@ -49,7 +49,7 @@ class PerfPanel(QWidget):
         self.started = time.monotonic()
         self.generation = Series("generation", "tok/s")
         self.prompt = Series("prompt", "tok/s")
-        self.memory: dict[str, Series] = {"RAM": Series("RAM", "GiB")}
+        self.memory: dict[str, Series] = {"RAM": Series("RAM", "GB")}
         self.update()
 
     def _now(self) -> float:
@@ -66,16 +66,16 @@ class PerfPanel(QWidget):
     def add_memory(self, ram_bytes: int, devices: dict[str, int]) -> None:
         """RAM of the app and its engine, and bytes used on each GPU."""
         at = self._now()
-        self.memory["RAM"].add(at, ram_bytes / 2**30)
+        self.memory["RAM"].add(at, ram_bytes / 1e9)
         for name, used in devices.items():
-            self.memory.setdefault(name, Series(name, "GiB")).add(at, used / 2**30)
+            self.memory.setdefault(name, Series(name, "GB")).add(at, used / 1e9)
         self.update()
 
     def strips(self) -> list[Strip]:
         return [
             Strip("Generation speed (tok/s, per reply)", [self.generation]),
             Strip("Prompt speed (tok/s, per reply)", [self.prompt]),
-            Strip("Memory (GiB)", list(self.memory.values())),
+            Strip("Memory (GB)", list(self.memory.values())),
         ]
 
     # -- drawing ---------------------------------------------------------------------------

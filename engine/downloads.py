@@ -39,6 +39,7 @@ from typing import Any
 
 from engine.errors import MoeChatError
 from engine.library import InstalledModel, Library, ModelFile
+from engine.units import format_bytes
 
 log = logging.getLogger(__name__)
 
@@ -309,14 +310,11 @@ def check_disk(directory: Path, release: Release, free: Callable[[Path], int] = 
     available = free(directory)
     if needed + DISK_MARGIN > available:
         raise NotEnoughSpace(
-            f"{release.name} needs {_gb(needed + DISK_MARGIN)} in {directory} "
-            f"({_gb(needed)} plus {_gb(DISK_MARGIN)} to spare); {_gb(available)} is free.",
+            f"{release.name} needs {format_bytes(needed + DISK_MARGIN)} in {directory} "
+            f"({format_bytes(needed)} plus {format_bytes(DISK_MARGIN)} to spare); "
+            f"{format_bytes(available)} is free.",
             "Free some space, or choose another models folder in Settings.",
         )
-
-
-def _gb(n: float) -> str:
-    return f"{n / 1e9:.1f} GB"
 
 
 # -- progress ----------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ from typing import Any
 
 from engine.context_memory import ContextMemory
 from engine.errors import ModelFileError
+from engine.units import format_bytes
 
 GGUF_MAGIC = b"GGUF"
 
@@ -287,8 +288,8 @@ def _tensor_table(header: _Header, path: Path, file_size: int) -> list[TensorInf
         )
     if end_of_data > file_size:
         raise ModelFileError(
-            f"{path.name} is incomplete: it has {_size(file_size)} of the "
-            f"{_size(end_of_data)} its header describes.",
+            f"{path.name} is incomplete: it has {format_bytes(file_size)} of the "
+            f"{format_bytes(end_of_data)} its header describes.",
             "The download was probably cut short; download it again.",
         )
     return tensors
@@ -536,9 +537,3 @@ def _file_type(raw: Any, tensors: list[TensorInfo]) -> str:
     for tensor in tensors:
         by_type[tensor.ggml_type] += tensor.n_bytes
     return by_type.most_common(1)[0][0] if by_type else "unknown"
-
-
-def _size(n_bytes: int) -> str:
-    if n_bytes >= 1 << 30:
-        return f"{n_bytes / (1 << 30):.2f} GiB"
-    return f"{n_bytes / (1 << 20):.1f} MiB"

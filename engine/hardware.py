@@ -25,6 +25,7 @@ from typing import Any
 import psutil
 
 from engine import paths
+from engine.units import format_bytes
 
 GB = 1e9
 
@@ -370,7 +371,7 @@ def detect(
     ram_available: int | None = int(memory.available)
     limit = cgroup_memory_limit()
     if limit is not None and ram_total is not None and limit < ram_total:
-        notes.append(f"RAM limited to {limit / GB:.1f} GB by this process's cgroup")
+        notes.append(f"RAM limited to {format_bytes(limit)} by this process's cgroup")
         ram_total = limit
         ram_available = min(ram_available or limit, limit)
 

@@ -33,6 +33,7 @@ from engine.context_memory import KV_PAD, ContextMemory
 from engine.gguf_file import GGUFInfo, Role
 from engine.hardware import GPUInfo, MachineProfile
 from engine.placement import Placement, TensorRule, expert_layers_pattern, expert_parts_pattern
+from engine.units import format_bytes
 
 GIB = 1 << 30
 
@@ -320,16 +321,16 @@ class Plan:
         speed = f"about {self.decode_tokens_per_s:.0f} tokens/s"
         if self.verdict is Verdict.TOO_LARGE:
             return (
-                f"Needs {self.missing_bytes / 1e9:.1f} GB more memory than this machine has free."
+                f"Needs {format_bytes(self.missing_bytes)} more memory than this machine has free."
             )
         if self.verdict is Verdict.FULL_GPU:
-            return f"Fits on the GPU ({self.gpu_bytes / 1e9:.1f} GB): {speed}."
+            return f"Fits on the GPU ({format_bytes(self.gpu_bytes)}): {speed}."
         if self.verdict is Verdict.HYBRID:
             return (
-                f"{self.gpu_bytes / 1e9:.1f} GB on the GPU with {self.expert_share_on_gpu:.0%} "
-                f"of expert reads, {self.ram_bytes / 1e9:.1f} GB in RAM: {speed}."
+                f"{format_bytes(self.gpu_bytes)} on the GPU with {self.expert_share_on_gpu:.0%} "
+                f"of expert reads, {format_bytes(self.ram_bytes)} in RAM: {speed}."
             )
-        return f"{self.ram_bytes / 1e9:.1f} GB in RAM: {speed}."
+        return f"{format_bytes(self.ram_bytes)} in RAM: {speed}."
 
 
 def compute_buffer_bytes(shape: ModelShape, settings: Settings) -> int:

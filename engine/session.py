@@ -42,6 +42,7 @@ from engine.gguf_file import GGUFInfo, read_gguf
 from engine.heat import HeatProfile, RoutingCapture
 from engine.native import llama_cpp
 from engine.placement import Placement
+from engine.units import format_bytes
 
 # Used when a GGUF carries no chat template; the same ChatML fallback llama.cpp uses.
 CHATML_TEMPLATE = (
@@ -216,9 +217,9 @@ class Session:
             vram = 0
         if needed > ram + vram:
             raise ModelLoadError(
-                f"{self.info.name} needs {needed / 2**30:.1f} GiB for its weights, but this "
-                f"machine has {ram / 2**30:.1f} GiB of RAM"
-                + (f" and {vram / 2**30:.1f} GiB of GPU memory." if vram else "."),
+                f"{self.info.name} needs {format_bytes(needed)} for its weights, but this "
+                f"machine has {format_bytes(ram)} of RAM"
+                + (f" and {format_bytes(vram)} of GPU memory." if vram else "."),
                 "Pick a smaller model or a smaller quantization.",
             )
 

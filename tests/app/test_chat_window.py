@@ -68,7 +68,7 @@ def test_a_reply_streams_in_and_the_stats_update(qtbot: QtBot, synthetic_model: 
     assert "tok/s" in shown  # the reply's stats line
     assert float(window.speed_label.text().split()[0]) > 0
     assert window.ttft_label.text().startswith("first token ")
-    assert window.ram_label.text().startswith("RAM ") and "GiB" in window.ram_label.text()
+    assert window.ram_label.text().startswith("RAM ") and "B (" in window.ram_label.text()
     assert window.send_button.isEnabled() and not window.stop_button.isEnabled()
     [conversation] = window.store.conversations()
     assert conversation.title == "hello"

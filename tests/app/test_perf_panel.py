@@ -39,7 +39,7 @@ def test_speed_and_memory_are_charted_since_the_model_was_loaded(
     assert len(window.perf.prompt.points) == 2
     qtbot.waitUntil(lambda: len(window.perf.memory["RAM"].points) >= 2, timeout=5000)
     ram = window.perf.memory["RAM"].points[-1][1]
-    assert 0.05 < ram < 64  # GiB of the app and its engine
+    assert 0.05 < ram < 64  # GB of the app and its engine
     image = window.perf.grab().toImage()
     assert _has_colour(image, LINE_COLOURS[0])  # the lines are drawn
     assert window.statusBar().isVisible() and "tok/s" in window.speed_label.text()  # stays
