@@ -5,19 +5,22 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-# Every routed-expert tensor (weights, biases, scales) of every layer; not shared experts.
-EXPERT_TENSORS = r"\.ffn_(up|down|gate|gate_up)_exps\."
+# The kinds of routed-expert tensor (longest first, so a regex takes "gate_up" whole), and
+# the one pattern every expert regex of the engine is made from; shared experts ("_shexp")
+# never match.
+EXPERT_KINDS = ("gate_up", "gate", "up", "down")
+EXPERT_TENSORS = rf"\.ffn_({'|'.join(EXPERT_KINDS)})_exps\."  # group 1: the kind
 
 
 def expert_layers_pattern(layers: list[int] | range) -> str:
     """Regex for the routed-expert tensors of the given layers only."""
-    joined = "|".join(str(layer) for layer in layers)
-    return rf"^blk\.({joined})\.ffn_(up|down|gate|gate_up)_exps\."
+    return expert_parts_pattern("|".join(str(layer) for layer in layers), EXPERT_KINDS)
 
 
-def expert_parts_pattern(layer: int, kinds: tuple[str, ...] | list[str]) -> str:
-    """Regex for some routed-expert tensors of one layer (``gate``, ``up``, ``down``…)."""
-    return rf"^blk\.{layer}\.ffn_({'|'.join(kinds)})_exps\."
+def expert_parts_pattern(layer: int | str, kinds: tuple[str, ...] | list[str]) -> str:
+    """Regex for some routed-expert tensors (``gate``, ``up``, ``down``…) of one layer (or
+    of an alternation of layers)."""
+    return rf"^blk\.({layer})\.ffn_({'|'.join(kinds)})_exps\."
 
 
 @dataclass(frozen=True)

@@ -32,7 +32,13 @@ from engine.catalog import CatalogModel, CatalogQuant
 from engine.context_memory import KV_PAD, ContextMemory
 from engine.gguf_file import GGUFInfo, Role
 from engine.hardware import GPUInfo, MachineProfile
-from engine.placement import Placement, TensorRule, expert_layers_pattern, expert_parts_pattern
+from engine.placement import (
+    EXPERT_TENSORS,
+    Placement,
+    TensorRule,
+    expert_layers_pattern,
+    expert_parts_pattern,
+)
 from engine.units import format_bytes
 
 GIB = 1 << 30
@@ -197,7 +203,7 @@ class ModelShape:
         )
 
 
-_EXPERT_KIND = re.compile(r"\.ffn_(gate_up|gate|up|down)_exps\.")
+_EXPERT_KIND = re.compile(EXPERT_TENSORS)
 
 
 def _expert_parts(info: GGUFInfo) -> tuple[tuple[tuple[str, int], ...], ...]:

@@ -21,12 +21,14 @@ from typing import Any
 import numpy as np
 
 from engine.errors import ModelFileError
+from engine.placement import EXPERT_KINDS
 
 ORDER_KEY = "moe_chat.expert_order"  # per layer, the original id of each new position
 GROUPED_ARCHITECTURES = {"grovemoe"}
 _LAYER_TENSOR = re.compile(r"^blk\.(\d+)\.(.+)$")
+# What holds one row per expert: the experts themselves, the router, the router's bias.
 _ROUTED = re.compile(
-    r"^(ffn_(gate|up|down|gate_up)_exps\.(weight|bias|scale)|ffn_gate_inp\.(weight|bias)"
+    rf"^(ffn_({'|'.join(EXPERT_KINDS)})_exps\.(weight|bias|scale)|ffn_gate_inp\.(weight|bias)"
     r"|exp_probs_b\.bias)$"
 )
 
