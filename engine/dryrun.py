@@ -8,13 +8,12 @@ print 0 in this mode; take weight bytes from the GGUF tensor table instead.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
+from engine.child import run_json
 from engine.engine_log import LoadReport
 from engine.errors import ModelLoadError
 from engine.placement import Placement
@@ -29,29 +28,17 @@ def dry_run(
         ModelLoadError: the dry run failed, crashed or timed out (the message says which).
     """
     request = json.dumps({"path": str(path), "placement": asdict(placement), "n_ctx": n_ctx})
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     try:
-        result = subprocess.run(
-            [sys.executable, "-m", "engine.dryrun", request],
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            env=env,
-            check=False,
-        )
+        data, code = run_json("engine.dryrun", [request], timeout)
     except subprocess.TimeoutExpired as exc:
         raise ModelLoadError(f"The memory check did not finish in {timeout:.0f} s.") from exc
-    for line in reversed(result.stdout.splitlines()):
-        if line.startswith("{"):
-            data: dict[str, Any] = json.loads(line)
-            if "error" in data:
-                raise ModelLoadError(str(data["error"]))
-            return LoadReport(**data)
-    raise ModelLoadError(
-        "The memory check crashed in the engine"
-        + (f" (exit {result.returncode})." if result.returncode else ".")
-    )
+    if data is None:
+        raise ModelLoadError(
+            "The memory check crashed in the engine" + (f" (exit {code})." if code else ".")
+        )
+    if "error" in data:
+        raise ModelLoadError(str(data["error"]))
+    return LoadReport(**data)
 
 
 def _main(request: str) -> None:

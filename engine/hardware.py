@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import platform
 import re
 import shutil
@@ -25,6 +24,7 @@ from typing import Any
 import psutil
 
 from engine import paths
+from engine.child import run_json
 from engine.units import format_bytes
 
 GB = 1e9
@@ -129,23 +129,11 @@ def probe_engine(
 
     Runs ``python -m engine.hardware --engine-probe`` so a crash or hang stays in the child.
     """
-    command = [python or sys.executable, "-m", "engine.hardware", "--engine-probe"]
-    root = str(Path(__file__).resolve().parents[1])
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([root, os.environ.get("PYTHONPATH", "")]))
     try:
-        result = subprocess.run(
-            command, capture_output=True, text=True, timeout=timeout, env=env, check=False
-        )
+        parsed, code = run_json("engine.hardware", ["--engine-probe"], timeout, python)
     except (OSError, subprocess.TimeoutExpired):
         return None
-    if result.returncode != 0:
-        return None
-    for line in reversed(result.stdout.splitlines()):
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                parsed: dict[str, Any] = json.loads(line)
-                return parsed
-    return None
+    return parsed if code == 0 else None
 
 
 def engine_view() -> dict[str, Any]:
