@@ -528,9 +528,6 @@ class ModelManager(QDialog):
 
     # -- local models ----------------------------------------------------------------------
 
-    def local_paths(self) -> list[str]:
-        return [m.path for m in self.library.installed()]
-
     def add_local(self, path: str, copy: bool = False) -> None:
         """Import a GGUF (checked by the header reader) off the GUI thread; ``imported`` tells
         when it is done, with the path to load or "" and the reason in ``local_error``."""

@@ -115,9 +115,6 @@ class MachineProfile:
             "--no-binary llama-cpp-python llama-cpp-python==0.3.36"
         )
 
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
 
 # -- the engine's own view (in a child process) ----------------------------------------------
 

@@ -303,17 +303,6 @@ def experts_kept(n_experts: int, fraction: float) -> int:
     return min(n_experts, max(0, round(fraction * n_experts)))
 
 
-def coverage_at(counts: np.ndarray, fraction: float) -> float:
-    """Share of all reads (every layer) served when each layer keeps its hottest ``fraction``."""
-    return float(coverage_curve(counts)[experts_kept(counts.shape[-1], fraction)])
-
-
-def held_out_coverage(first: np.ndarray, second: np.ndarray, fraction: float) -> float:
-    """Coverage of the second half's reads by the hot sets learned on the first half."""
-    curve = coverage_curve(second, learned_from=first)
-    return float(curve[experts_kept(first.shape[-1], fraction)])
-
-
 def layer_skew(counts: np.ndarray) -> list[LayerSkew]:
     rows = []
     for layer, row in enumerate(np.asarray(counts)):

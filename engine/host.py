@@ -1061,7 +1061,7 @@ class _Child:
         from engine.heat import profile_for
 
         session = self.session
-        if session is None or session.info.n_experts < 2 or session.heat is not None:
+        if session is None or not session.info.is_moe or session.heat is not None:
             return
         info = session.info
         try:

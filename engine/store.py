@@ -193,13 +193,6 @@ class StoredMessage:
     # This message and its alternatives (same parent), oldest first; set on a path's messages.
     alternatives: tuple[int, ...] = field(default=(), compare=False)
 
-    def as_chat(self) -> dict[str, str]:
-        """The message as the session takes it (reasoning only where there is some)."""
-        chat = {"role": self.role, "content": self.content}
-        if self.reasoning:
-            chat["reasoning"] = self.reasoning
-        return chat
-
 
 @dataclass(frozen=True)
 class Preset:

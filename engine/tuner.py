@@ -185,7 +185,7 @@ def choose(
 ) -> Choice:
     """Plan ``info`` on ``machine`` with ``knobs``; heat counted earlier orders the layers."""
     knobs = knobs or Knobs()
-    heat = HeatProfile.load(model_key(info.path)) if info.n_experts >= 2 else None
+    heat = HeatProfile.load(model_key(info.path)) if info.is_moe else None
     order = None
     if heat is not None and heat.n_layers == info.n_layers and heat.total.sum() > 0:
         order = gpu_layer_order(heat.total, info.n_experts_used, knobs.n_ubatch)

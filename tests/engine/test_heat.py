@@ -11,10 +11,9 @@ from engine.heat import (
     MAX_BLOCKS,
     HeatProfile,
     ReadShares,
-    coverage_at,
     coverage_curve,
+    experts_kept,
     gpu_layer_order,
-    held_out_coverage,
     layer_skew,
     model_key,
     read_shares,
@@ -109,16 +108,22 @@ def test_coverage_entropy_top_share_unused_on_a_known_table() -> None:
     expected = -(0.6 * np.log(0.6) + 0.3 * np.log(0.3) + 0.1 * np.log(0.1)) / np.log(4)
     assert mixed.entropy == pytest.approx(expected)
     # the hottest quarter (1 expert) of each layer: 5 + 8 + 6 of 38 reads
-    assert coverage_at(table, 0.25) == pytest.approx(19 / 38)
-    assert coverage_at(table, 1.0) == 1.0
+    curve = coverage_curve(table)
+    assert curve[experts_kept(4, 0.25)] == pytest.approx(19 / 38)
+    assert curve[experts_kept(4, 1.0)] == 1.0
 
 
 def test_held_out_coverage_uses_the_first_half_hot_set_on_the_second_half() -> None:
     first = np.array([[9, 1, 0, 0]])
-    assert held_out_coverage(first, np.array([[8, 2, 0, 0]]), 0.25) == pytest.approx(0.8)
+
+    def held_out(second: list[list[int]], fraction: float) -> float:
+        curve = coverage_curve(np.array(second), learned_from=first)
+        return float(curve[experts_kept(4, fraction)])
+
+    assert held_out([[8, 2, 0, 0]], 0.25) == pytest.approx(0.8)
     # heat that moved: the first half's hot expert serves little of the second half
-    assert held_out_coverage(first, np.array([[1, 0, 9, 0]]), 0.25) == pytest.approx(0.1)
-    assert held_out_coverage(first, np.array([[1, 0, 9, 0]]), 0.5) == pytest.approx(0.1)
+    assert held_out([[1, 0, 9, 0]], 0.25) == pytest.approx(0.1)
+    assert held_out([[1, 0, 9, 0]], 0.5) == pytest.approx(0.1)
 
 
 def test_blocks_merge_and_halves_split_the_tokens_evenly() -> None:
@@ -134,7 +139,8 @@ def test_blocks_merge_and_halves_split_the_tokens_evenly() -> None:
     assert np.array_equal(first + second, heat.total)
     share_first = first.sum() / heat.total.sum()
     assert 0.45 < share_first < 0.55
-    assert held_out_coverage(first, second, 0.25) < 0.1  # heat moved: the check says so
+    moved = coverage_curve(second, learned_from=first)[experts_kept(4, 0.25)]
+    assert moved < 0.1  # heat moved: the check says so
 
 
 def test_read_shares_compare_layer_placement_with_a_hot_set_of_equal_size() -> None:
