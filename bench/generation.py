@@ -39,8 +39,7 @@ WINDOW_PROMPT = PROMPT[1:]  # what the window sends: no system prompt
 
 
 def ours(session: Session, n_tokens: int) -> tuple[float, int]:
-    session._cached.clear()
-    session._ll.llama_memory_clear(session._memory, True)
+    session.forget()
     for _ in session.stream(PROMPT, SamplingSettings.greedy(n_tokens)):
         pass
     stats = session.last_stats
@@ -51,8 +50,7 @@ def bare(
     session: Session, ctx: int, n_tokens: int, messages: list[dict[str, str]] = PROMPT
 ) -> tuple[float, int]:
     """What anyone would write on llama-cpp-python's low-level API, nothing more."""
-    ll = session._ll
-    vocab = session._vocab
+    ll, _model, vocab = session.native
     ll.llama_memory_clear(ll.llama_get_memory(ctx), True)
     prompt = session.tokenize(session.format_prompt(messages))
     sampler = ll.llama_sampler_chain_init(ll.llama_sampler_chain_default_params())
@@ -84,12 +82,12 @@ def bare(
 def bench_loop(model: Path, rounds: int, n_tokens: int, threads: int) -> None:
     settings = LoadSettings(n_ctx=2048, n_threads=threads)
     session = Session(model, settings=settings)
-    ll = session._ll
+    ll, weights, _vocab = session.native
     params = ll.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch = 2048, 512, 512
     params.n_threads = params.n_threads_batch = threads
     params.no_perf = True
-    ctx = ll.llama_init_from_model(session._model, params)
+    ctx = ll.llama_init_from_model(weights, params)
     ours(session, 8)  # warm both paths once
     bare(session, ctx, 8)
     ours_rates, bare_rates = [], []
@@ -132,12 +130,12 @@ def bench_window(model: Path, rounds: int, n_tokens: int) -> None:
     window.sampling = SamplingSettings.greedy(n_tokens)  # (a load sets the model's own)
     settings = LoadSettings(n_ctx=loaded[0].n_ctx, n_threads=loaded[0].n_threads)
     session = Session(model, settings=settings)
-    ll = session._ll
+    ll, weights, _vocab = session.native
     params = ll.llama_context_default_params()
     params.n_ctx, params.n_batch, params.n_ubatch = session.n_ctx, 512, 512
     params.n_threads = params.n_threads_batch = settings.n_threads
     params.no_perf = True
-    ctx = ll.llama_init_from_model(session._model, params)
+    ctx = ll.llama_init_from_model(weights, params)
 
     clock = QElapsedTimer()
     gaps: list[int] = []

@@ -37,8 +37,7 @@ def measure(model: Path, placement: Placement, tokens: int, rounds: int) -> dict
     session = Session(model, placement, LoadSettings(n_ctx=2048))
     replies, gen, prompt = [], [], []
     for _ in range(rounds):
-        session._cached.clear()
-        session._ll.llama_memory_clear(session._memory, True)
+        session.forget()
         reply = session.chat(QUESTION, SamplingSettings.greedy(tokens))
         replies.append(reply.text)
         gen.append(reply.stats.generation_tokens_per_s)
@@ -120,11 +119,11 @@ def main() -> None:
                 f"    {result['buffers']}"
             )
         session = Session(model, Placement.all_on_gpu(), LoadSettings(n_ctx=2048))
-        ll = session._ll
+        ll, weights, _vocab = session.native
         params = ll.llama_context_default_params()
         params.n_ctx, params.n_batch, params.n_ubatch = 2048, 512, 512
         params.no_perf = True
-        ctx = ll.llama_init_from_model(session._model, params)
+        ctx = ll.llama_init_from_model(weights, params)
         rates_ours, rates_bare = [], []
         for _ in range(args.rounds + 2):
             rates_ours.append(ours(session, args.tokens * 4)[0])

@@ -664,6 +664,12 @@ class Session:
             return oldest <= max(0, position - memory.sliding_window)
         return True
 
+    @property
+    def native(self) -> tuple[Any, Any, Any]:
+        """(llama-cpp-python's low-level bindings, the ``llama_model`` pointer, its vocab):
+        for benchmarks that run a bare llama.cpp loop on the same loaded weights."""
+        return self._ll, self._model, self._vocab
+
     def forget(self) -> None:
         """Drop the computed prompt: the next reply computes everything again."""
         self._ll.llama_memory_clear(self._memory, True)
