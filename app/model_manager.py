@@ -144,7 +144,13 @@ class ModelManager(QDialog):
             self.catalog = load_catalog()
         except MoeChatError as exc:
             self.recommendation.setText(html.escape(str(exc)))
-        run_in_background(detect, self._on_detect_succeeded, self._on_detect_failed, self)
+        models = self.library.models_dir  # the disk downloads go to: the user's chosen one
+        run_in_background(
+            lambda: detect(models_dir=models),
+            self._on_detect_succeeded,
+            self._on_detect_failed,
+            self,
+        )
 
     # -- construction ----------------------------------------------------------------------
 

@@ -318,7 +318,7 @@ def measure_ram_bandwidth(
 
 def cached_ram_bandwidth(cache: Path | None = None) -> float | None:
     """The bandwidth probe, run once per machine and remembered in the app's home."""
-    cache = cache or paths.app_home() / "machine.json"
+    cache = cache or paths.machine_cache_path()
     key = f"{cpu_model()}|{psutil.virtual_memory().total}|{psutil.cpu_count(logical=False)}"
     with contextlib.suppress(OSError, ValueError):
         stored = json.loads(cache.read_text())
@@ -339,6 +339,7 @@ def detect(
     sysfs_root: Path = Path("/sys/class/drm"),
     measure_bandwidth: bool = True,
     include_remote: bool = False,
+    models_dir: Path | None = None,
 ) -> MachineProfile:
     """Probe this machine.
 
@@ -349,6 +350,8 @@ def detect(
         measure_bandwidth: run (or reuse) the RAM bandwidth probe.
         include_remote: count GPUs the engine reaches over RPC (for planning a load; the
             machine summary shows local hardware only).
+        models_dir: the folder models go to, whose disk ``disk_free`` measures (default:
+            the app's default models folder).
     """
     notes: list[str] = []
     memory = psutil.virtual_memory()
@@ -395,7 +398,7 @@ def detect(
         ram_bandwidth=cached_ram_bandwidth() if measure_bandwidth else None,
         gpus=tuple(gpus),
         engine_backends=tuple(probed["backends"]) if probed else None,
-        disk_free=_disk_free(paths.models_dir()),
+        disk_free=_disk_free(models_dir or paths.models_dir()),
         notes=tuple(notes),
     )
 

@@ -27,7 +27,7 @@ from typing import Any, Literal
 import numpy as np
 
 from engine.library import atomic_write
-from engine.paths import app_home
+from engine.paths import heat_dir
 
 Phase = Literal["prompt", "generation"]
 PHASES: tuple[Phase, ...] = ("prompt", "generation")
@@ -42,12 +42,6 @@ def model_key(path: str | Path) -> str:
     stat = Path(path).stat()
     text = f"{Path(path).name}:{stat.st_size}:{stat.st_mtime_ns}"
     return hashlib.sha256(text.encode()).hexdigest()[:24]
-
-
-def heat_dir() -> Path:
-    path = app_home() / "heat"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
 
 
 # -- counts ----------------------------------------------------------------------------------

@@ -27,14 +27,31 @@ def database_path() -> Path:
 
 
 def models_dir() -> Path:
-    """Default directory for downloaded models."""
-    path = app_home() / "models"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    """Default directory for downloaded models (the library may use another)."""
+    return _folder("models")
 
 
 def log_dir() -> Path:
     """Directory for the app's log files."""
-    path = app_home() / "logs"
+    return _folder("logs")
+
+
+def heat_dir() -> Path:
+    """Expert routing counts, one ``.npz`` per model file (engine.heat)."""
+    return _folder("heat")
+
+
+def tuning_dir() -> Path:
+    """ "Tune for this machine" results, one JSON per model file and machine (engine.tuner)."""
+    return _folder("tuning")
+
+
+def machine_cache_path() -> Path:
+    """The machine's measured RAM bandwidth, kept between starts (engine.hardware)."""
+    return app_home() / "machine.json"
+
+
+def _folder(name: str) -> Path:
+    path = app_home() / name
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -30,7 +30,7 @@ from engine.gguf_file import GGUFInfo, read_gguf
 from engine.hardware import MachineProfile, detect, engine_view
 from engine.heat import HeatProfile, gpu_layer_order, model_key
 from engine.library import atomic_write_json
-from engine.paths import app_home
+from engine.paths import tuning_dir
 from engine.placement import Placement
 from engine.planner import ModelShape, Plan, Verdict
 from engine.planner import Settings as PlanSettings
@@ -154,9 +154,7 @@ class Tuning:
 
 
 def tuning_path(model: str, machine: str) -> Path:
-    folder = app_home() / "tuning"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder / f"{model}-{machine}.json"
+    return tuning_dir() / f"{model}-{machine}.json"
 
 
 def machine_key(machine: MachineProfile) -> str:

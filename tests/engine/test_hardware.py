@@ -118,3 +118,19 @@ def test_cgroup_limits(tmp_path: Path) -> None:
 def test_bandwidth_probe_is_quick_and_plausible() -> None:
     measured = measure_ram_bandwidth(seconds=0.1)
     assert measured and 1e9 < measured < 2e12
+
+
+def test_free_disk_is_measured_where_models_go(tmp_path: Path, app_home: Path) -> None:
+    import shutil
+
+    from engine import paths
+
+    chosen = tmp_path / "my-models"
+    chosen.mkdir()
+    profile = detect(engine=False, measure_bandwidth=False, models_dir=chosen)
+    assert profile.disk_free is not None
+    assert abs(profile.disk_free - shutil.disk_usage(chosen).free) < 256 * 2**20
+    # Every folder the engine keeps things in is under the app's home.
+    for folder in (paths.models_dir(), paths.heat_dir(), paths.tuning_dir(), paths.log_dir()):
+        assert folder.parent == app_home and folder.is_dir()
+    assert paths.machine_cache_path().parent == app_home
