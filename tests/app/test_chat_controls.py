@@ -53,7 +53,7 @@ def click(qtbot: QtBot, button: QAbstractButton) -> None:
 
 def show_active(qtbot: QtBot, window: ChatWindow) -> ChatWindow:
     """Shown and the active window (keyboard shortcuts go to the active window only)."""
-    qtbot.addWidget(window)
+    qtbot.addWidget(window, before_close_func=close)
     window.show()
     qtbot.waitExposed(window)
     window.activateWindow()
@@ -302,7 +302,7 @@ def test_drafts_stay_with_their_chat_and_a_chat_exports(
 ) -> None:
     store, rivers, _nile, cooking = _filled_store()
     window = ChatWindow(store, autoload=False)
-    qtbot.addWidget(window)
+    qtbot.addWidget(window, before_close_func=close)
     window.show()
     qtbot.keyClicks(window.input, "and eggs in")
     window.conversation_list.setCurrentRow(1)  # Rivers
@@ -318,7 +318,7 @@ def test_drafts_stay_with_their_chat_and_a_chat_exports(
     assert document["title"] == "Cooking" and len(document["messages"]) == 2
     window.close()
     again = ChatWindow(Store(store.path), autoload=False)
-    qtbot.addWidget(again)
+    qtbot.addWidget(again, before_close_func=close)
     assert again._conversation_id == cooking and again.input.toPlainText() == "and eggs in"
     assert again.store.conversation(rivers).draft == "What about"
     close(again)
@@ -329,7 +329,7 @@ def test_drafts_stay_with_their_chat_and_a_chat_exports(
 def test_the_window_works_at_laptop_and_small_sizes(qtbot: QtBot, size: tuple[int, int]) -> None:
     store, *_ = _filled_store()
     window = ChatWindow(store, autoload=False)
-    qtbot.addWidget(window)
+    qtbot.addWidget(window, before_close_func=close)
     long_name = "Model: " + "Qwen3-30B-A3B-Instruct-2507-UD-Q4_K_XL " * 6
     window.model_label.setText(long_name)
     window.resize(*size)
