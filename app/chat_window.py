@@ -171,7 +171,6 @@ class ChatWindow(QMainWindow):
         self._editing: int | None = None  # the user message being edited, if any
         self._generating = False
         self._tuning = False
-        self._closed = False
         self.sampling = SamplingSettings()  # how replies are sampled: the loaded model's
         self._sampling_defaults = SamplingSettings()
         self._sampling_source = "MoE Chat's defaults"
@@ -1149,10 +1148,6 @@ class ChatWindow(QMainWindow):
         self.download_label.setText(f"↓ {first.name}: {describe(first)}{more}")
 
     def closeEvent(self, event: QCloseEvent) -> None:
-        if self._closed:  # Qt may close a window twice; everything below happens once
-            super().closeEvent(event)
-            return
-        self._closed = True
         self.downloads.close()  # what is on disk stays; the download resumes at the next start
         self._memory_timer.stop()
         self._save_draft()
