@@ -59,6 +59,7 @@ from engine.host import ChatMessage, ChatRequest, EngineCrashed, LoadedModel, Qu
 from engine.library import Library
 from engine.session import SamplingSettings, Stats
 from engine.store import Store, StoredMessage
+from engine.throttle import Throttle
 from engine.units import format_bytes
 
 SAVE_INTERVAL_S = 1.0
@@ -165,7 +166,7 @@ class ChatWindow(QMainWindow):
         self._reply: StoredMessage | None = None
         self._reply_text = ""
         self._reply_reasoning = ""
-        self._reply_saved_at = 0.0
+        self._saves = Throttle(SAVE_INTERVAL_S)  # of the reply, while it streams
         self._reasoning_started: float | None = None
         self._reasoning_s: float | None = None
         self._editing: int | None = None  # the user message being edited, if any
@@ -969,7 +970,7 @@ class ChatWindow(QMainWindow):
         self._reply = reply
         self._reply_text = reply.content
         self._reply_reasoning = reply.reasoning
-        self._reply_saved_at = time.monotonic()
+        self._saves.restart()
         self._reasoning_started = self._reasoning_s = None
         self._set_generating(True)
         self.sidebar.running = conversation_id
@@ -1031,9 +1032,7 @@ class ChatWindow(QMainWindow):
         if self._reply.conversation_id == self._conversation_id:
             self.view.update_message(self._live_reply(), running=True)
             self.piece_shown.emit(piece)
-        now = time.monotonic()
-        if now - self._reply_saved_at >= SAVE_INTERVAL_S:
-            self._reply_saved_at = now
+        if self._saves.ready():
             self.store.update_reply(self._reply.id, self._reply_text, self._reply_reasoning)
 
     @Slot(int, float, float)

@@ -39,6 +39,7 @@ from typing import Any
 
 from engine.errors import MoeChatError
 from engine.library import InstalledModel, Library, ModelFile
+from engine.throttle import Throttle
 from engine.units import format_bytes
 
 log = logging.getLogger(__name__)
@@ -706,15 +707,12 @@ class Downloader:
         directory = self.library.models_dir
         check_disk(directory, release, self.free)
         meter = _Meter(release.size)
-        last_event = 0.0
+        events = Throttle(EVENT_INTERVAL)
 
         def report(state: str, remote: RemoteFile, index: int, message: str = "",
                    force: bool = False) -> None:  # fmt: skip
-            nonlocal last_event
-            now = time.monotonic()
-            if not force and now - last_event < EVENT_INTERVAL:
+            if not events.ready(force):
                 return
-            last_event = now
             self._emit(
                 DownloadEvent(
                     job_id=job.id,

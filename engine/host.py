@@ -39,6 +39,7 @@ from engine.chat_format import Piece, ReplyFormat, TemplateOptions, template_opt
 from engine.errors import GenerationError, ModelLoadError, MoeChatError, user_message
 from engine.heat import HeatProfile
 from engine.session import Message, SamplingSettings, Stats
+from engine.throttle import Throttle
 
 if TYPE_CHECKING:
     from engine.tuner import Tuning
@@ -848,7 +849,7 @@ class _Child:
         self.session: Session | None = None
         self.loaded: _Load | None = None
         self.profiling = False
-        self.heat_sent_at = 0.0
+        self.heat_sends = Throttle(HEAT_INTERVAL_S)
         self.progress_sent = -1.0
 
     def send(self, event: object) -> None:
@@ -993,9 +994,9 @@ class _Child:
             self.send(ReplyFailed(request_id, "No model is loaded. Open a model first."))
             return
         self.send(ReplyStarted(request_id))
-        self.heat_sent_at = 0.0  # the heat map moves with the reply's first piece
+        self.heat_sends.reset()  # the heat map moves with the reply's first piece
         pending: list[Piece] = []
-        last_flush = 0.0  # the first piece goes out at once
+        flushes = Throttle(FLUSH_INTERVAL_S)  # the first piece goes out at once
         try:
             if isinstance(request, ChatRequest):
                 messages = [m.as_message() for m in request.messages]
@@ -1006,9 +1007,7 @@ class _Child:
                 pieces = session.complete(request.prompt, request.sampling, self.cancel)
             for piece in pieces:
                 pending.append(piece)
-                now = time.perf_counter()
-                if now - last_flush >= FLUSH_INTERVAL_S:
-                    last_flush = now
+                if flushes.ready():
                     self.flush(request_id, pending)
             self.flush(request_id, pending)
         except Exception as exc:
@@ -1085,10 +1084,8 @@ class _Child:
 
     def emit_heat(self, force: bool = True) -> None:
         heat = self.session.heat if self.session is not None else None
-        now = time.perf_counter()
-        if heat is None or (not force and now - self.heat_sent_at < HEAT_INTERVAL_S):
+        if heat is None or not self.heat_sends.ready(force):
             return
-        self.heat_sent_at = now
         self.send(HeatUpdated(heat.copy()))
 
     def tune(self) -> None:
