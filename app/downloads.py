@@ -30,7 +30,7 @@ from engine.downloads import (
     offline_by_environment,
     resolve,
 )
-from engine.errors import MoeChatError
+from engine.errors import user_message
 from engine.library import Library
 from engine.units import format_bytes
 
@@ -107,8 +107,7 @@ class Downloads(QObject):
             return release
 
         def failed(error: BaseException) -> None:
-            message = str(error) if isinstance(error, MoeChatError) else repr(error)
-            self.resolve_failed.emit(key, message)
+            self.resolve_failed.emit(key, user_message(error))
 
         run_in_background(work, lambda _release: None, failed, self)
 

@@ -34,7 +34,7 @@ from app.downloads import Downloads, DownloadsPanel, action_text, catalog_key
 from app.settings_dialog import SettingsDialog
 from engine.catalog import CatalogModel, load_catalog
 from engine.downloads import DownloadEvent
-from engine.errors import MoeChatError
+from engine.errors import MoeChatError, user_message
 from engine.gguf_file import GGUFInfo, read_gguf
 from engine.hardware import MachineProfile, detect
 from engine.library import InstalledModel
@@ -317,7 +317,8 @@ class ModelManager(QDialog):
 
     @Slot(object)
     def _on_detect_failed(self, error: BaseException) -> None:
-        self.machine_label.setText(f"This machine could not be examined: {html.escape(str(error))}")
+        reason = html.escape(user_message(error))
+        self.machine_label.setText(f"This machine could not be examined: {reason}")
         self.recommendation.setText("No recommendation without a machine profile.")
         self.machine_ready.emit()
 
@@ -549,7 +550,7 @@ class ModelManager(QDialog):
 
         def failed(error: BaseException) -> None:
             self.open_button.setEnabled(True)
-            self.local_error.setText(str(error))
+            self.local_error.setText(user_message(error))
             self.imported.emit("")
 
         run_in_background(lambda: self.library.import_file(path, copy), done, failed, self)
@@ -669,7 +670,9 @@ class ModelManager(QDialog):
 
         def failed(error: BaseException) -> None:
             self.check_button.setEnabled(True)
-            self.details.setText(self.comparison(path) + f"\nThe check failed: {error}")
+            self.details.setText(
+                self.comparison(path) + f"\nThe check failed: {user_message(error)}"
+            )
             self.memory_checked.emit(path)
 
         placement = replace(predicted.placement, use_mmap=False)

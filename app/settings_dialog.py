@@ -30,6 +30,7 @@ from app.background import run_in_background
 from app.downloads import Downloads
 from app.theme import THEME_KEY, THEMES, apply_theme
 from engine.downloads import offline_by_environment
+from engine.errors import user_message
 from engine.library import HubSettings
 from engine.server import ServerConfig, ServerError, check_config
 from engine.store import Store
@@ -236,7 +237,7 @@ class SettingsDialog(QDialog):
 
         def failed(error: BaseException) -> None:
             self.buttons.setEnabled(True)
-            self.message.setText(f"The models could not be moved: {error}")
+            self.message.setText(f"The models could not be moved: {user_message(error)}")
             self.moved.emit("")
 
         run_in_background(lambda: self.library.move_models_dir(new), done, failed, self)
