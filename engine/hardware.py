@@ -316,18 +316,24 @@ def measure_ram_bandwidth(
     return statistics.median(rates) if rates else None
 
 
+MACHINE_CACHE_VERSION = 1  # machine.json: a newer one is read as unknown, never rewritten
+
+
 def cached_ram_bandwidth(cache: Path | None = None) -> float | None:
     """The bandwidth probe, run once per machine and remembered in the app's home."""
     cache = cache or paths.machine_cache_path()
     key = f"{cpu_model()}|{psutil.virtual_memory().total}|{psutil.cpu_count(logical=False)}"
-    with contextlib.suppress(OSError, ValueError):
+    newer = False
+    with contextlib.suppress(OSError, ValueError, AttributeError, TypeError):
         stored = json.loads(cache.read_text())
-        if stored.get("key") == key and stored.get("ram_bandwidth"):
+        newer = stored.get("version", 1) > MACHINE_CACHE_VERSION
+        if not newer and stored.get("key") == key and stored.get("ram_bandwidth"):
             return float(stored["ram_bandwidth"])
     measured = measure_ram_bandwidth()
-    if measured:
+    if measured and not newer:  # a newer MoE Chat's cache is left as it is
         with contextlib.suppress(OSError):
-            cache.write_text(json.dumps({"key": key, "ram_bandwidth": measured}))
+            cache.write_text(json.dumps({"version": MACHINE_CACHE_VERSION, "key": key,
+                                         "ram_bandwidth": measured}))  # fmt: skip
     return measured
 
 

@@ -26,6 +26,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from engine.errors import StoreError
 from engine.library import atomic_write
 from engine.paths import heat_dir
 
@@ -179,6 +180,8 @@ class HeatProfile:
         """Write the profile atomically as arrays (3 MB and a few ms for a 48-layer,
         128-expert model with every block in use; JSON took 1 s and 7.6 MB)."""
         path = (directory or heat_dir()) / f"{self.key or 'unnamed'}.npz"
+        if _format_on_disk(path) > FORMAT_VERSION:  # a newer MoE Chat's counts stay as they are
+            raise StoreError(f"{path} was written by a newer MoE Chat; it was not overwritten.")
         arrays: dict[str, Any] = self.to_arrays()
         atomic_write(path, lambda f: np.savez(f, **arrays))
         return path
@@ -192,6 +195,15 @@ class HeatProfile:
                 return cls.from_arrays(arrays)
         except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
             return None
+
+
+def _format_on_disk(path: Path) -> int:
+    """The format of a saved profile (0: none, or unreadable)."""
+    try:
+        with path.open("rb") as file, np.load(file, allow_pickle=False) as arrays:
+            return int(json.loads(str(arrays["meta"])).get("format", 0))
+    except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+        return 0
 
 
 # -- capture -------------------------------------------------------------------------------

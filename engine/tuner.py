@@ -15,6 +15,7 @@ Each is planned within the free memory measured before tuning starts, so none ca
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import statistics
@@ -25,7 +26,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from engine.errors import ModelLoadError
+from engine.errors import ModelLoadError, StoreError
 from engine.gguf_file import GGUFInfo, read_gguf
 from engine.hardware import MachineProfile, detect, engine_view
 from engine.heat import HeatProfile, gpu_layer_order, model_key
@@ -133,6 +134,9 @@ class Tuning:
 
     def save(self) -> Path:
         path = tuning_path(self.model_key, self.machine_key)
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            if json.loads(path.read_text("utf-8")).get("version", 0) > FORMAT_VERSION:
+                raise StoreError(f"{path} was written by a newer MoE Chat; not overwritten.")
         data = asdict(self)
         data["version"] = FORMAT_VERSION
         atomic_write_json(path, data)
