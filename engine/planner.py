@@ -27,6 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from enum import Enum
 from itertools import combinations
+from typing import NamedTuple
 
 from engine.catalog import CatalogModel, CatalogQuant
 from engine.context_memory import KV_PAD, ContextMemory
@@ -455,6 +456,16 @@ def expert_layer_order(shape: ModelShape, preferred: Iterable[int] | None = None
     return order + [i for i in layers if i not in set(order)]
 
 
+class PartialLayer(NamedTuple):
+    """An expert layer split between a GPU and RAM: some of its tensors (gate, up, down) on
+    the GPU, the rest in RAM."""
+
+    layer: int
+    gpu_kinds: tuple[str, ...]
+    cpu_kinds: tuple[str, ...]
+    gpu_bytes: int
+
+
 def _plan_gpu(
     shape: ModelShape,
     machine: MachineProfile,
@@ -465,27 +476,19 @@ def _plan_gpu(
     compute: int,
     n_ctx: int,
 ) -> Plan:
+    """A placement with the GPUs in use: memory per device first, then decode and prompt
+    speed from it, then the rules and the label the engine and the user get."""
     # Always-read weights, KV and compute buffers spread like the engine's default layer
     # split: in proportion to each GPU's budget.
     total_budget = sum(budgets)
     shares = [b / total_budget for b in budgets]
     gpu_kv = kv if settings.kv_on_gpu else 0
     used = [int((shape.gpu_always_bytes + gpu_kv) * s) + compute for s in shares]
-    layers_on: list[list[int]] = [[] for _ in gpus]
-    limit = shape.n_layers if settings.gpu_expert_layers is None else settings.gpu_expert_layers
-    gpu_index = 0
-    for layer in expert_layer_order(shape, settings.layer_order)[: max(0, limit)]:
-        size = shape.expert_bytes_per_layer[layer]
-        while gpu_index < len(gpus) and used[gpu_index] + size > budgets[gpu_index]:
-            gpu_index += 1
-        if gpu_index == len(gpus):
-            break
-        layers_on[gpu_index].append(layer)
-        used[gpu_index] += size
+    layers_on = _assign_expert_layers(shape, settings, budgets, used)
     gpu_layers = tuple(sorted(layer for group in layers_on for layer in group))
     cpu_layers = [i for i in expert_layer_order(shape) if i not in set(gpu_layers)]
     # Fill what is left with part of the next layer: its gate and up, say, with down in RAM.
-    partial: tuple[int, tuple[str, ...], tuple[str, ...], int] | None = None
+    partial: PartialLayer | None = None
     partial_gpu = -1
     if cpu_layers and settings.gpu_expert_layers is None:
         layer = next(i for i in expert_layer_order(shape, settings.layer_order) if i in cpu_layers)
@@ -493,7 +496,7 @@ def _plan_gpu(
         partial = _partial_layer(shape, layer, budgets[partial_gpu] - used[partial_gpu])
         if partial is not None:
             cpu_layers.remove(layer)
-    partial_bytes = partial[3] if partial else 0
+    partial_bytes = partial.gpu_bytes if partial else 0
     fill = min(n_ctx, TYPICAL_FILL)
     kv_read = shape.kv_read_bytes(fill, settings.kv_bytes_per_element)
     gpu_kv_read = kv_read if settings.kv_on_gpu else 0
@@ -516,7 +519,7 @@ def _plan_gpu(
         )
     cpu_expert_bytes = sum(shape.expert_bytes_per_layer[j] for j in cpu_layers)
     if partial is not None:
-        cpu_expert_bytes += shape.expert_bytes_per_layer[partial[0]] - partial_bytes
+        cpu_expert_bytes += shape.expert_bytes_per_layer[partial.layer] - partial_bytes
     in_ram = bool(cpu_layers or partial)
     ram_bandwidth = machine.ram_bandwidth or DEFAULT_RAM_BANDWIDTH
     ram_budget = max(0, (machine.ram_available or 0) - settings.ram_margin)
@@ -544,15 +547,76 @@ def _plan_gpu(
         # cannot be paged out, so only when it takes at most PINNED_RAM_SHARE of what is free.
         unified = any(g.unified_memory for g in gpus)
         use_mmap = not (in_ram and not unified and cpu.total <= PINNED_RAM_SHARE * ram_budget)
+    rules = _gpu_rules(gpus, layers_on, cpu_layers, partial, partial_gpu)
+    return Plan(
+        shape=shape,
+        n_ctx=n_ctx,
+        verdict=Verdict.HYBRID if in_ram or not settings.kv_on_gpu else Verdict.FULL_GPU,
+        placement=Placement(
+            n_gpu_layers=-1,
+            rules=rules,
+            use_mmap=use_mmap,
+            label=_gpu_label(settings, in_ram, cpu_layers, gpu_layers, partial),
+            gpu_expert_layers=gpu_layers,
+            offload_kv=settings.kv_on_gpu,
+            no_host=settings.no_host and in_ram,
+            partial_expert_layer=partial.layer if partial else None,
+            partial_gpu_share=partial_bytes / shape.expert_bytes_per_layer[partial.layer]
+            if partial
+            else 0.0,
+        ),
+        devices=tuple(devices),
+        gpu_expert_layers=gpu_layers,
+        decode_tokens_per_s=_gpu_decode_speed(shape, settings, devices),
+        prompt_tokens_per_s=_gpu_prompt_speed(
+            shape, machine, settings, gpus, in_ram, cpu_expert_bytes, use_mmap
+        ),
+    )
 
+
+def _assign_expert_layers(
+    shape: ModelShape, settings: Settings, budgets: list[int], used: list[int]
+) -> list[list[int]]:
+    """Whole expert layers per GPU, in the settings' order, while each fits its budget
+    (``used`` grows with them)."""
+    layers_on: list[list[int]] = [[] for _ in budgets]
+    limit = shape.n_layers if settings.gpu_expert_layers is None else settings.gpu_expert_layers
+    gpu_index = 0
+    for layer in expert_layer_order(shape, settings.layer_order)[: max(0, limit)]:
+        size = shape.expert_bytes_per_layer[layer]
+        while gpu_index < len(budgets) and used[gpu_index] + size > budgets[gpu_index]:
+            gpu_index += 1
+        if gpu_index == len(budgets):
+            break
+        layers_on[gpu_index].append(layer)
+        used[gpu_index] += size
+    return layers_on
+
+
+def _gpu_decode_speed(shape: ModelShape, settings: Settings, devices: list[DevicePlan]) -> float:
+    """Tokens/s: every device reads its share of a token's bytes at its bandwidth (the CPU,
+    last, at its efficiency for the weights' layout), plus a cost per layer and per token."""
+    *gpu_devices, cpu = devices
     repacked = settings.no_host or shape.quant in UNREPACKED_TYPES
     efficiency = CPU_EFFICIENCY * (1.0 if repacked else REPACK_LOSS)
-    seconds = cpu.read_per_token / (ram_bandwidth * efficiency)
-    for device in devices[:-1]:
+    seconds = cpu.read_per_token / (cpu.bandwidth * efficiency)
+    for device in gpu_devices:
         seconds += device.read_per_token / (device.bandwidth * GPU_EFFICIENCY)
     seconds += shape.n_layers * GPU_LAYER_COST_S + TOKEN_OVERHEAD_S
-    decode = 1 / seconds
+    return 1 / seconds
 
+
+def _gpu_prompt_speed(
+    shape: ModelShape,
+    machine: MachineProfile,
+    settings: Settings,
+    gpus: list[GPUInfo],
+    in_ram: bool,
+    cpu_expert_bytes: int,
+    use_mmap: bool,
+) -> float:
+    """Prompt tokens/s: the GPUs compute, and experts in RAM are either copied over for each
+    batch or (repacked for the CPU) computed there."""
     gpu_flops = sum((g.bandwidth or DEFAULT_GPU_BANDWIDTH) for g in gpus) * GPU_FLOPS_PER_BYTE_PER_S
     prompt_seconds = 2 * shape.active_params / gpu_flops
     if in_ram and settings.no_host:
@@ -565,19 +629,41 @@ def _plan_gpu(
     elif in_ram:
         copy_rate = MAPPED_COPY_BPS if use_mmap else PINNED_COPY_BPS
         prompt_seconds += cpu_expert_bytes / copy_rate / settings.n_ubatch
+    return 1 / prompt_seconds
+
+
+def _gpu_rules(
+    gpus: list[GPUInfo],
+    layers_on: list[list[int]],
+    cpu_layers: list[int],
+    partial: PartialLayer | None,
+    partial_gpu: int,
+) -> tuple[TensorRule, ...]:
+    """Tensor rules for the engine: experts in RAM to the CPU; with several GPUs, each
+    layer's experts to its GPU."""
     rules = []
     if cpu_layers:
         rules.append(TensorRule(expert_layers_pattern(cpu_layers), "CPU"))
     if partial is not None:
-        rules.append(TensorRule(expert_parts_pattern(partial[0], partial[2]), "CPU"))
+        rules.append(TensorRule(expert_parts_pattern(partial.layer, partial.cpu_kinds), "CPU"))
     if len(gpus) > 1:
         for i, gpu in enumerate(gpus):
             if layers_on[i] and gpu.engine_device:
                 rules.append(TensorRule(expert_layers_pattern(layers_on[i]), gpu.engine_device))
         holder = gpus[partial_gpu].engine_device
         if partial is not None and holder:
-            rules.append(TensorRule(expert_parts_pattern(partial[0], partial[1]), holder))
-    verdict = Verdict.HYBRID if in_ram or not settings.kv_on_gpu else Verdict.FULL_GPU
+            rules.append(TensorRule(expert_parts_pattern(partial.layer, partial.gpu_kinds), holder))
+    return tuple(rules)
+
+
+def _gpu_label(
+    settings: Settings,
+    in_ram: bool,
+    cpu_layers: list[int],
+    gpu_layers: tuple[int, ...],
+    partial: PartialLayer | None,
+) -> str:
+    """What the placement is called in the window ("GPU, 12 of 48 expert layers in RAM")."""
     n_expert_layers = len(cpu_layers) + len(gpu_layers) + (partial is not None)
     label = (
         "All on the GPU"
@@ -585,40 +671,17 @@ def _plan_gpu(
         else f"GPU, {len(cpu_layers)} of {n_expert_layers} expert layers in RAM"
     )
     if partial is not None:
-        label += f", layer {partial[0]}'s {'+'.join(partial[2])} in RAM"
+        label += f", layer {partial.layer}'s {'+'.join(partial.cpu_kinds)} in RAM"
     if not settings.kv_on_gpu:
         label += ", KV cache in RAM"
     if settings.no_host and in_ram:
         label += ", experts repacked for the CPU"
-    return Plan(
-        shape=shape,
-        n_ctx=n_ctx,
-        verdict=verdict,
-        placement=Placement(
-            n_gpu_layers=-1,
-            rules=tuple(rules),
-            use_mmap=use_mmap,
-            label=label,
-            gpu_expert_layers=gpu_layers,
-            offload_kv=settings.kv_on_gpu,
-            no_host=settings.no_host and in_ram,
-            partial_expert_layer=partial[0] if partial else None,
-            partial_gpu_share=partial_bytes / shape.expert_bytes_per_layer[partial[0]]
-            if partial
-            else 0.0,
-        ),
-        devices=tuple(devices),
-        gpu_expert_layers=gpu_layers,
-        decode_tokens_per_s=decode,
-        prompt_tokens_per_s=1 / prompt_seconds,
-    )
+    return label
 
 
-def _partial_layer(
-    shape: ModelShape, layer: int, room: int
-) -> tuple[int, tuple[str, ...], tuple[str, ...], int] | None:
+def _partial_layer(shape: ModelShape, layer: int, room: int) -> PartialLayer | None:
     """The most bytes of ``layer``'s expert tensors that fit in ``room``, short of all of
-    them: (layer, kinds on the GPU, kinds in RAM, bytes on the GPU), or None."""
+    them, or None."""
     parts = shape.parts_of(layer)
     fitting = [
         combo
@@ -631,7 +694,7 @@ def _partial_layer(
     best = max(fitting, key=lambda combo: sum(b for _, b in combo))  # first of equals: gate
     on_gpu = tuple(kind for kind, _ in best)
     in_ram = tuple(kind for kind, _ in parts if kind not in on_gpu)
-    return layer, on_gpu, in_ram, sum(b for _, b in best)
+    return PartialLayer(layer, on_gpu, in_ram, sum(b for _, b in best))
 
 
 @dataclass(frozen=True)
