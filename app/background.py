@@ -66,9 +66,14 @@ class _Job(QRunnable):
 def run_in_background(
     work: Callable[[], Any],
     on_success: Callable[[Any], None],
-    on_failure: Callable[[BaseException], None],
     parent: QObject,
+    on_failure: Callable[[BaseException], None] | None = None,
 ) -> None:
-    """Run ``work`` on the global thread pool; call back on ``parent``'s (GUI) thread."""
+    """Run ``work`` on the global thread pool; call back on ``parent``'s (GUI) thread. A
+    failure goes to ``on_failure``, or to the user (app.errors.show_exception)."""
+    if on_failure is None:
+        from app.errors import show_exception
+
+        on_failure = show_exception
     relay = _Relay(parent, on_success, on_failure)
     QThreadPool.globalInstance().start(_Job(work, relay))

@@ -606,8 +606,8 @@ class ChatWindow(QMainWindow):
             run_in_background(
                 lambda: self.library.import_file(path, copy=False),
                 lambda _model: None,
-                lambda error: log.warning("could not list %s: %s", path, error),
                 self,
+                lambda error: log.warning("could not list %s: %s", path, error),
             )
         measured = self.store.get_setting(MEASURED_KEY, {})
         measured[model.path] = {

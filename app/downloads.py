@@ -109,7 +109,7 @@ class Downloads(QObject):
         def failed(error: BaseException) -> None:
             self.resolve_failed.emit(key, user_message(error))
 
-        run_in_background(work, lambda _release: None, failed, self)
+        run_in_background(work, lambda _release: None, self, failed)
 
     def close(self) -> None:
         self.downloader.close()

@@ -6,7 +6,6 @@ import argparse
 import logging
 import logging.handlers
 import sys
-import traceback
 from importlib import resources
 from types import TracebackType
 
@@ -32,31 +31,9 @@ def _install_excepthook() -> None:
     """Unexpected exceptions are logged and shown in a dialog instead of killing the app."""
 
     def hook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
-        from PySide6.QtWidgets import QApplication, QMessageBox
+        from app.errors import show_exception
 
-        from app.chat_window import ChatWindow
-        from engine.errors import MoeChatError
-
-        windows = [
-            w for w in QApplication.topLevelWidgets() if isinstance(w, ChatWindow) and w.isVisible()
-        ]
-        if isinstance(value, MoeChatError) and windows:
-            # An expected failure (a full disk while saving, say) surfacing in a slot.
-            log.warning("%s", value)
-            windows[0].show_error(str(value))
-            return
-        log.error("unexpected error", exc_info=(kind, value, tb))
-        if QApplication.instance() is None:
-            traceback.print_exception(kind, value, tb)
-            return
-        box = QMessageBox(
-            QMessageBox.Icon.Critical, "MoE Chat hit a problem", str(value) or kind.__name__
-        )
-        box.setInformativeText(
-            "Your conversations are saved. Details are in the log file; the app keeps running."
-        )
-        box.setDetailedText("".join(traceback.format_exception(kind, value, tb)))
-        box.exec()
+        show_exception(value, tb)
 
     sys.excepthook = hook
 

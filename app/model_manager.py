@@ -148,8 +148,8 @@ class ModelManager(QDialog):
         run_in_background(
             lambda: detect(models_dir=models),
             self._on_detect_succeeded,
-            self._on_detect_failed,
             self,
+            self._on_detect_failed,
         )
 
     # -- construction ----------------------------------------------------------------------
@@ -553,7 +553,7 @@ class ModelManager(QDialog):
             self.local_error.setText(user_message(error))
             self.imported.emit("")
 
-        run_in_background(lambda: self.library.import_file(path, copy), done, failed, self)
+        run_in_background(lambda: self.library.import_file(path, copy), done, self, failed)
 
     def _select_path(self, path: str) -> None:
         for row in range(self.local_table.rowCount()):
@@ -676,7 +676,7 @@ class ModelManager(QDialog):
             self.memory_checked.emit(path)
 
         placement = replace(predicted.placement, use_mmap=False)
-        run_in_background(lambda: dry_run(path, placement, predicted.n_ctx), done, failed, self)
+        run_in_background(lambda: dry_run(path, placement, predicted.n_ctx), done, self, failed)
 
     @Slot()
     def _on_open_button_clicked(self) -> None:

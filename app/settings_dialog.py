@@ -240,4 +240,4 @@ class SettingsDialog(QDialog):
             self.message.setText(f"The models could not be moved: {user_message(error)}")
             self.moved.emit("")
 
-        run_in_background(lambda: self.library.move_models_dir(new), done, failed, self)
+        run_in_background(lambda: self.library.move_models_dir(new), done, self, failed)

@@ -266,3 +266,22 @@ def test_file_menu_quit_closes_the_window(qtbot: QtBot) -> None:
     quit_action.trigger()
     qtbot.waitUntil(lambda: not window.isVisible())
     close(window)
+
+
+def test_a_background_job_that_fails_reaches_the_user_by_default(qtbot: QtBot) -> None:
+    """run_in_background with no failure handler of its own shows the error through the one
+    presenter: an expected failure as its sentence in the banner."""
+    from app.background import run_in_background
+    from engine.errors import StoreError
+
+    window = open_window(qtbot)
+
+    def work() -> None:
+        raise StoreError("Saving failed: database or disk is full.", "Check free disk space.")
+
+    run_in_background(work, lambda _result: None, window)
+    qtbot.waitUntil(window.error_banner.isVisible)
+    assert window.error_label.text() == (
+        "Saving failed: database or disk is full. Check free disk space."
+    )
+    close(window)
