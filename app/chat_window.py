@@ -51,13 +51,12 @@ from app.sidebar import Sidebar
 from app.system_prompt import SystemPromptDialog
 from app.worker import WINDOW_CLIENT, HostAdapter
 from engine import export
-from engine.catalog import recommended_sampling
 from engine.chat_format import TemplateOptions
 from engine.downloads import DownloadEvent
 from engine.errors import MoeChatError
 from engine.host import ChatMessage, ChatRequest, EngineCrashed, LoadedModel, QueueChanged
 from engine.library import Library
-from engine.session import SamplingSettings, Stats
+from engine.session import SamplingSettings, Stats, recommended_sampling
 from engine.store import Store, StoredMessage
 from engine.throttle import Throttle
 from engine.units import format_bytes

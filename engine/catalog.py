@@ -8,17 +8,13 @@ estimates until the file is on disk.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from engine.context_memory import ContextMemory, spread_layers
 from engine.errors import MoeChatError
-
-if TYPE_CHECKING:
-    from engine.session import SamplingSettings
 
 # Average bits per weight of llama.cpp's quantization mixes, for sizes the catalog lacks.
 BITS_PER_WEIGHT = {
@@ -269,21 +265,3 @@ def _quant(raw: Any, where: str) -> CatalogQuant:
         size_bytes=size,
         verification=str(raw.get("verification", "")),
     )
-
-
-def recommended_sampling(
-    catalog_id: str, file_values: Sequence[tuple[str, float]] = ()
-) -> tuple[SamplingSettings, str]:
-    """A model's default sampling, and where it comes from: MoE Chat's defaults, then its
-    family's recommendation (the catalog entry ``catalog_id``, if any), then what its own
-    file recommends (``general.sampling.*``)."""
-    from engine.session import SamplingSettings
-
-    sampling, source = SamplingSettings(), "MoE Chat's defaults"
-    entry = next((m for m in load_catalog() if m.id == catalog_id), None) if catalog_id else None
-    if entry is not None and entry.sampling:
-        sampling, source = sampling.updated(dict(entry.sampling)), entry.sampling_source
-    if file_values:
-        sampling = sampling.updated(dict(file_values))
-        source = "those written in the model file (general.sampling)"
-    return sampling, source

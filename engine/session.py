@@ -23,7 +23,7 @@ from typing import Any
 
 import psutil
 
-from engine import engine_log
+from engine import catalog, engine_log
 from engine.chat_format import (
     Channel,
     Piece,
@@ -99,6 +99,23 @@ class SamplingSettings:
             for item in fields(self)
             if item.name != "stop" and getattr(self, item.name) != getattr(base, item.name)
         }
+
+
+def recommended_sampling(
+    catalog_id: str, file_values: Sequence[tuple[str, float]] = ()
+) -> tuple[SamplingSettings, str]:
+    """A model's default sampling, and where it comes from: MoE Chat's defaults, then its
+    family's recommendation (the catalog entry ``catalog_id``, if any), then what its own
+    file recommends (``general.sampling.*``)."""
+    sampling, source = SamplingSettings(), "MoE Chat's defaults"
+    models = catalog.load_catalog() if catalog_id else []
+    entry = next((m for m in models if m.id == catalog_id), None)
+    if entry is not None and entry.sampling:
+        sampling, source = sampling.updated(dict(entry.sampling)), entry.sampling_source
+    if file_values:
+        sampling = sampling.updated(dict(file_values))
+        source = "those written in the model file (general.sampling)"
+    return sampling, source
 
 
 @dataclass(frozen=True)

@@ -77,3 +77,38 @@ def test_engine_modules_import_each_other_without_cycles() -> None:
 
     cycles = sorted(name for name in graph if name in reachable(name))
     assert cycles == []
+
+
+# The engine's layers, lowest first: a module imports from its own layer or those below.
+LAYERS = (
+    {"__init__", "errors", "paths", "units", "throttle", "child", "engine_log"},
+    {
+        "context_memory",
+        "chat_format",
+        "placement",
+        "gguf_file",
+        "store",
+        "export",
+        "library",
+        "catalog",
+        "synthetic",
+    },
+    {"native", "devices", "heat", "hardware", "downloads", "reorder", "session", "dryrun"},
+    {"planner", "tuner"},
+    {"host", "server", "selftest"},
+)
+
+
+def test_engine_modules_import_only_from_their_layer_or_below() -> None:
+    """Formats never reach into the runtime, the runtime never into planning or services:
+    a new upward import fails here, before it becomes a cycle."""
+    level = {f"engine.{name}": i for i, layer in enumerate(LAYERS) for name in layer}
+    modules = {f"engine.{p.stem}" for p in ENGINE.glob("*.py")}
+    assert modules == set(level), f"place these in a layer: {sorted(modules ^ set(level))}"
+    upward = sorted(
+        f"{module} (layer {level[module]}) imports {used} (layer {level[used]})"
+        for module in modules
+        for used in _engine_imports(ENGINE / f"{module.split('.')[1]}.py")
+        if used in level and level[used] > level[module]
+    )
+    assert upward == []

@@ -97,8 +97,7 @@ def test_unreadable_catalog(tmp_path: Path) -> None:
 
 
 def test_sampling_defaults_come_from_the_family_then_the_file() -> None:
-    from engine.catalog import recommended_sampling
-    from engine.session import SamplingSettings
+    from engine.session import SamplingSettings, recommended_sampling
 
     plain, source = recommended_sampling("")
     assert plain == SamplingSettings() and source == "MoE Chat's defaults"
