@@ -32,15 +32,7 @@ from engine.downloads import (
 )
 from engine.errors import user_message
 from engine.library import Library
-from engine.units import format_bytes
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"
+from engine.units import format_bytes, format_duration
 
 
 def describe(event: DownloadEvent) -> str:
@@ -50,7 +42,7 @@ def describe(event: DownloadEvent) -> str:
     part = f" · part {event.file_index} of {event.file_count}" if event.file_count > 1 else ""
     if event.state == "running":
         speed = f" · {event.speed / 1e6:.1f} MB/s" if event.speed else ""
-        left = f" · {_duration(event.eta)} left" if event.eta is not None else ""
+        left = f" · {format_duration(event.eta)} left" if event.eta is not None else ""
         return f"{share} · {amount}{speed}{left}{part}"
     return {
         "queued": f"Waiting ({amount} already here)" if event.done else "Waiting",

@@ -10,6 +10,8 @@ from PySide6.QtCore import QPointF, QRectF, Qt
 from PySide6.QtGui import QColor, QPainter, QPaintEvent, QPalette, QPen, QPolygonF
 from PySide6.QtWidgets import QSizePolicy, QWidget
 
+from engine.units import format_duration
+
 MAX_POINTS = 3600  # an hour of memory samples at one a second; older ones drop off
 # Mid-tone colours, readable on a light and on a dark background.
 LINE_COLOURS = ("#e4572e", "#2a9d8f", "#7b61ff", "#e9a23b", "#3a86ff")
@@ -132,8 +134,9 @@ class PerfPanel(QWidget):
             Qt.AlignmentFlag.AlignLeft,
             f"{top:.0f}" if top >= 10 else f"{top:.1f}",
         )
+        since = f"{format_duration(span)} since load"
         painter.drawText(QRectF(plot.left(), plot.bottom(), plot.width(), line),
-                         Qt.AlignmentFlag.AlignRight, f"{_duration(span)} since load")  # fmt: skip
+                         Qt.AlignmentFlag.AlignRight, since)  # fmt: skip
         for series, colour, _last in legend:
             if not series.points:
                 continue
@@ -147,11 +150,3 @@ class PerfPanel(QWidget):
             if len(corners) < 40:  # few points (replies): each one marked
                 for point in corners:
                     painter.drawEllipse(point, 2.5, 2.5)
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 120:
-        return f"{seconds:.0f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -1,4 +1,4 @@
-"""Sizes as people read them: one unit convention for every message and window.
+"""Sizes and durations as people read them: one convention for every message and window.
 
 Decimal units (1 GB = 10^9 bytes), as disks, the Hub and download sizes are quoted.
 """
@@ -17,3 +17,12 @@ def format_bytes(n: float) -> str:
     if n >= 1e3:
         return f"{n / 1e3:.0f} KB"
     return f"{n:.0f} B"
+
+
+def format_duration(seconds: float) -> str:
+    """``45 s``, ``12 min``, ``2.5 h``."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
