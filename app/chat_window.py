@@ -182,7 +182,7 @@ class ChatWindow(QMainWindow):
         self.api.failed.connect(self.show_error)
         self.downloads.changed.connect(self._on_downloads_changed)
         self.store.prune_empty()  # the empty chats an earlier run left
-        self._open_conversation(None)
+        self.open_conversation(None)
         self._memory_timer = QTimer(self)
         self._memory_timer.setInterval(1000)
         self._memory_timer.timeout.connect(self._on_memory_timer_timeout)
@@ -444,6 +444,16 @@ class ChatWindow(QMainWindow):
         self.worker.tune_failed.connect(self.show_error)
 
     @property
+    def conversation_id(self) -> int | None:
+        """The chat shown."""
+        return self._conversation_id
+
+    @property
+    def model(self) -> LoadedModel | None:
+        """The model loaded, None while none is (loading, tuning, after a failure)."""
+        return self._model
+
+    @property
     def host(self) -> Any:
         """The model host the window's replies (and the local server's) run on."""
         return self.worker.host
@@ -636,7 +646,7 @@ class ChatWindow(QMainWindow):
 
     # -- conversations ---------------------------------------------------------------------
 
-    def _open_conversation(self, conversation_id: int | None) -> None:
+    def open_conversation(self, conversation_id: int | None) -> None:
         """Show ``conversation_id`` (the most recent one, or a new one, when None): its
         messages, its draft, its settings. The chat left behind keeps its draft, and goes
         if nothing was ever written in it."""
@@ -664,7 +674,7 @@ class ChatWindow(QMainWindow):
     @Slot(int)
     def _on_sidebar_conversation_chosen(self, conversation_id: int) -> None:
         if conversation_id != self._conversation_id:
-            self._open_conversation(conversation_id)
+            self.open_conversation(conversation_id)
 
     @Slot(int, int)
     def _on_sidebar_message_found(self, conversation_id: int, message_id: int) -> None:
@@ -673,7 +683,7 @@ class ChatWindow(QMainWindow):
             self._reply.conversation_id != conversation_id
         ):  # fmt: skip
             self.store.choose(message_id)  # (never re-route the path a reply is written on)
-        self._open_conversation(conversation_id)
+        self.open_conversation(conversation_id)
         self.view.scroll_to(message_id)
 
     @Slot()
@@ -682,7 +692,7 @@ class ChatWindow(QMainWindow):
         if current is not None and self._is_empty(current) and not self.input.toPlainText():
             self.input.setFocus()  # this one is still empty: no pile of empty chats
             return
-        self._open_conversation(self.store.create_conversation().id)
+        self.open_conversation(self.store.create_conversation().id)
         self.input.setFocus()
 
     def _is_empty(self, conversation_id: int) -> bool:
@@ -715,7 +725,7 @@ class ChatWindow(QMainWindow):
             self._reply = None  # what it still sends has nowhere to go
         self.store.delete_conversation(current.id)
         self._conversation_id = None
-        self._open_conversation(None)
+        self.open_conversation(None)
 
     @Slot()
     def export_current(self) -> None:
@@ -889,7 +899,7 @@ class ChatWindow(QMainWindow):
         if not text or not self._can_reply():
             return
         if self._conversation_id is None:
-            self._open_conversation(self.store.create_conversation().id)
+            self.open_conversation(self.store.create_conversation().id)
         assert self._conversation_id is not None
         conversation_id = self._conversation_id
         self.error_banner.hide()

@@ -30,7 +30,7 @@ def test_api_from_settings_under_load_leaves_the_window_alone(
     load(qtbot, window, synthetic_model)
     with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
         type_and_send(qtbot, window, "keep this conversation")
-    conversation = window._conversation_id
+    conversation = window.conversation_id
     before = [(m.id, m.role, m.content) for m in window.store.messages(conversation)]
     shown = window.view.shown_text()
 

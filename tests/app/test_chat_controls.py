@@ -68,8 +68,8 @@ def titles(window: ChatWindow) -> list[str]:
 
 
 def path_of(window: ChatWindow) -> list:
-    assert window._conversation_id is not None
-    return window.store.messages(window._conversation_id)
+    assert window.conversation_id is not None
+    return window.store.messages(window.conversation_id)
 
 
 def test_tab_and_shift_tab_leave_the_input(qtbot: QtBot) -> None:
@@ -97,9 +97,9 @@ def test_switching_chats_mid_reply_loses_nothing(qtbot: QtBot, synthetic_model: 
     window.sampling = SamplingSettings.greedy(600)
     reply_to(qtbot, window, "tell me everything")
     in_view = path_of(window)[-1].content
-    first_chat = window._conversation_id
+    first_chat = window.conversation_id
 
-    window._open_conversation(window.store.create_conversation().id)
+    window.open_conversation(window.store.create_conversation().id)
     received: list[str] = []
     seen: dict[str, object] = {}
 
@@ -119,7 +119,7 @@ def test_switching_chats_mid_reply_loses_nothing(qtbot: QtBot, synthetic_model: 
     window.worker.token_received.connect(on_token)
     with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
         type_and_send(qtbot, window, "tell me everything")
-        replying = window._conversation_id
+        replying = window.conversation_id
     assert replying != first_chat, len(received)
     assert "back" in seen, len(received)
     assert f"{RUNNING_MARK}tell me everything" in seen["titles"]  # type: ignore[operator]
@@ -234,8 +234,8 @@ def test_the_thinking_switch_is_per_chat_and_reaches_the_template(
     default = reply_to(qtbot, window, "hi")["prompt_tokens"]
     combo.setCurrentIndex(2)
     combo.activated.emit(2)  # as a pick from the list does
-    assert window.store.conversation(window._conversation_id).reasoning == "off"
-    window.store.add_message(window._conversation_id, "user", "x")  # a fresh turn, same length
+    assert window.store.conversation(window.conversation_id).reasoning == "off"
+    window.store.add_message(window.conversation_id, "user", "x")  # a fresh turn, same length
     off = reply_to(qtbot, window, "hi")["prompt_tokens"]
     assert off > default  # the template wrote the empty <think></think> for "off"
     click(qtbot, window.new_button)
@@ -259,7 +259,7 @@ def test_search_keyboard_shortcuts_and_copy_last_reply(
 ) -> None:
     store, rivers, nile, cooking = _filled_store()
     window = show_active(qtbot, ChatWindow(store, autoload=False))
-    assert window._conversation_id == cooking  # the most recent
+    assert window.conversation_id == cooking  # the most recent
     qtbot.keyClick(window.input, Qt.Key.Key_F, Qt.KeyboardModifier.ControlModifier)
     assert window.sidebar.search.hasFocus()
     qtbot.keyClicks(window.sidebar.search, "nil")
@@ -269,7 +269,7 @@ def test_search_keyboard_shortcuts_and_copy_last_reply(
     qtbot.keyClick(window.sidebar.search, Qt.Key.Key_Return)
     assert window.sidebar.results.hasFocus()
     qtbot.keyClick(window.sidebar.results, Qt.Key.Key_Return)
-    assert window._conversation_id == rivers and nile in window.view.widgets
+    assert window.conversation_id == rivers and nile in window.view.widgets
     qtbot.keyClick(window.sidebar.search, Qt.Key.Key_Escape)
     assert window.sidebar.search.text() == "" and window.conversation_list.isVisible()
 
@@ -306,7 +306,7 @@ def test_drafts_stay_with_their_chat_and_a_chat_exports(
     window.show()
     qtbot.keyClicks(window.input, "and eggs in")
     window.conversation_list.setCurrentRow(1)  # Rivers
-    assert window._conversation_id == rivers and window.input.toPlainText() == ""
+    assert window.conversation_id == rivers and window.input.toPlainText() == ""
     qtbot.keyClicks(window.input, "What about")
     window.conversation_list.setCurrentRow(0)
     assert window.input.toPlainText() == "and eggs in"
@@ -319,7 +319,7 @@ def test_drafts_stay_with_their_chat_and_a_chat_exports(
     window.close()
     again = ChatWindow(Store(store.path), autoload=False)
     qtbot.addWidget(again, before_close_func=close)
-    assert again._conversation_id == cooking and again.input.toPlainText() == "and eggs in"
+    assert again.conversation_id == cooking and again.input.toPlainText() == "and eggs in"
     assert again.store.conversation(rivers).draft == "What about"
     close(again)
     store.close()
@@ -490,9 +490,9 @@ def test_gpt_oss_gets_a_reasoning_effort_control(qtbot: QtBot, tmp_path: Path) -
     assert combo.isVisible() and combo.itemText(3) == "Reasoning: high"
     combo.setCurrentIndex(3)
     combo.activated.emit(3)
-    conversation = window.store.conversation(window._conversation_id)
+    conversation = window.store.conversation(window.conversation_id)
     assert conversation.reasoning == "high"
-    supported = window._model.template_options
+    supported = window.model.template_options
     assert template_options(conversation.reasoning, supported) == TemplateOptions(
         reasoning_effort="high"
     )

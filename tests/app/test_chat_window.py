@@ -96,7 +96,7 @@ def test_stop_halts_the_reply(qtbot: QtBot, synthetic_model: Path) -> None:
     assert stats["stop_reason"] == "cancelled"
     assert stats["generated_tokens"] < 1024  # the default limit
     assert "stopped" in window.view.shown_text()
-    [reply] = [m for m in window.store.messages(window._conversation_id) if m.role == "assistant"]
+    [reply] = [m for m in window.store.messages(window.conversation_id) if m.role == "assistant"]
     assert reply.complete and reply.stats["stop_reason"] == "cancelled"
     close(window)
 
@@ -121,7 +121,7 @@ def test_a_killed_engine_keeps_the_partial_reply_and_offers_to_load_again(
     assert window.error_banner.isVisible() and "signal 9" in window.error_label.text()
     assert window.reload_button.isVisible()
     assert window.send_button.isEnabled() and not window.stop_button.isEnabled()
-    [question, reply] = window.store.messages(window._conversation_id)
+    [question, reply] = window.store.messages(window.conversation_id)
     assert question.content == "tell me a long story"
     assert reply.content.strip() and "".join(shown).strip().startswith(reply.content.strip()[:8])
     assert not reply.complete and "interrupted" in window.view.shown_text()
@@ -131,7 +131,7 @@ def test_a_killed_engine_keeps_the_partial_reply_and_offers_to_load_again(
     assert window.host.pid not in (None, pid) and not window.error_banner.isVisible()
     with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
         type_and_send(qtbot, window, "go on")
-    assert len(window.store.messages(window._conversation_id)) == 4
+    assert len(window.store.messages(window.conversation_id)) == 4
     close(window)
 
 
@@ -157,7 +157,7 @@ def test_conversations_survive_closing_and_reopening(qtbot: QtBot, synthetic_mod
     load(qtbot, window, synthetic_model)
     with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
         type_and_send(qtbot, window, "remember me")
-    reply_text = window.store.messages(window._conversation_id)[-1].content
+    reply_text = window.store.messages(window.conversation_id)[-1].content
     close(window)
 
     again = open_window(qtbot, autoload=True)
@@ -167,7 +167,7 @@ def test_conversations_survive_closing_and_reopening(qtbot: QtBot, synthetic_mod
     assert "remember me" in shown and reply_text.strip() in shown
     # The model file is remembered and loaded again at start.
     assert again.store.get_setting(LAST_MODEL_KEY) == str(synthetic_model)
-    qtbot.waitUntil(lambda: again._model is not None, timeout=LOAD_TIMEOUT_MS)
+    qtbot.waitUntil(lambda: again.model is not None, timeout=LOAD_TIMEOUT_MS)
     close(again)
 
 
