@@ -10,6 +10,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +86,15 @@ def single(library: Library) -> Release:
 
 
 # -- resolve -----------------------------------------------------------------------------------
+
+
+def holds_for(seconds: float, check: Callable[[], bool], what_went_wrong: str) -> None:
+    """Assert that ``check`` stays true for ``seconds``, looking every 10 ms: that nothing
+    happens has no event to wait on, and one look after a sleep misses what comes and goes."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        assert check(), what_went_wrong
+        time.sleep(0.01)
 
 
 def test_resolve_lists_exact_files_with_hashes_pinned_to_the_commit(
@@ -266,8 +276,7 @@ def test_pause_keeps_the_partial_file_and_resume_continues_it(
         loader.pause(job.id)
         assert loader.wait_idle(10)
         paused_at = part.stat().st_size
-        time.sleep(0.3)
-        assert part.stat().st_size == paused_at  # nothing written after the pause
+        holds_for(0.3, lambda: part.stat().st_size == paused_at, "written to after the pause")
         assert loader.jobs()[0].state == "paused"
         assert Library(library.home).saved_downloads()[0]["state"] == "paused"
         hub.rate = None
@@ -323,8 +332,7 @@ def test_offline_mode_sends_no_request(
     loader = downloader(library, Events())
     try:
         loader.enqueue(release)  # stays queued while offline
-        time.sleep(0.5)
-        assert loader.jobs()[0].state == "queued"
+        holds_for(0.5, lambda: loader.jobs()[0].state == "queued", "started while offline")
     finally:
         loader.close()
     library.set_hub(HubSettings(endpoint=hub.endpoint))
@@ -351,8 +359,7 @@ def test_offline_mode_turned_on_mid_download_stops_it_until_turned_off(
             assert time.monotonic() < deadline
             time.sleep(0.01)
         requests = len(hub.counters.requests)
-        time.sleep(0.3)
-        assert len(hub.counters.requests) == requests
+        holds_for(0.3, lambda: len(hub.counters.requests) == requests, "asked the Hub offline")
         assert loader.jobs()[0].state == "queued"
         hub.rate = None
         library.set_hub(HubSettings(endpoint=hub.endpoint))
