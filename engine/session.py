@@ -484,7 +484,9 @@ class Session:
             count = ll.llama_tokenize(self._vocab, data, len(data), buffer, capacity, add_bos, True)
         return list(buffer[:count])
 
-    def _piece(self, token: int) -> bytes:
+    def token_bytes(self, token: int) -> bytes:
+        """The bytes the model writes for ``token`` (special tokens as text; a character can
+        span tokens, so decode these incrementally)."""
         buf = self._piece_buffer
         n = self._ll.llama_token_to_piece(self._vocab, token, buf, len(buf), 0, False)
         if n < 0:
@@ -636,7 +638,7 @@ class Session:
                     stats.stop_reason = "end"
                     break
                 stats.generated_tokens += 1
-                text = decoder.decode(self._piece(token))
+                text = decoder.decode(self.token_bytes(token))
                 pieces = stops.feed(parser.feed(text)) if text else []
                 now = time.perf_counter()
                 if stats.generated_tokens == 1:

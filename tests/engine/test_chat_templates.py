@@ -97,7 +97,7 @@ def test_gpt_oss_reply_split_from_the_engines_own_token_pieces(
         decoder = codecs.getincrementaldecoder("utf-8")()
         pieces = []
         for token in tokens:
-            pieces += parser.feed(decoder.decode(session._piece(token)))
+            pieces += parser.feed(decoder.decode(session.token_bytes(token)))
         pieces += parser.finish()
     answer = "".join(p.text for p in pieces if p.channel is Channel.CONTENT)
     thought = "".join(p.text for p in pieces if p.channel is Channel.REASONING)
