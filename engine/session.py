@@ -405,10 +405,16 @@ class Session:
         return str(result.prompt)
 
     def fit_prompt(
-        self, messages: Sequence[Message], reply_room: int, options: TemplateOptions | None = None
-    ) -> tuple[list[int], str, int]:
+        self,
+        messages: Sequence[Message],
+        reply_room: int,
+        options: TemplateOptions | None = None,
+        resume: bool = False,
+    ) -> tuple[list[int], str, int, ReplyParser]:
         """The prompt's tokens and text, with the oldest turns dropped until ``reply_room``
-        tokens of context are left for the reply; and how many turns were dropped.
+        tokens of context are left for the reply; how many turns were dropped; and the
+        parser for the reply. With ``resume`` the last message is a reply cut short,
+        reopened at the end of the prompt to be continued.
 
         A turn is a user message and the replies to it. The system prompt and the last user
         message are always kept.
@@ -416,18 +422,6 @@ class Session:
         Raises:
             GenerationError: even the system prompt and the last message do not fit.
         """
-        tokens, text, dropped, _parser = self._fit(messages, reply_room, options, False)
-        return tokens, text, dropped
-
-    def _fit(
-        self,
-        messages: Sequence[Message],
-        reply_room: int,
-        options: TemplateOptions | None,
-        resume: bool,
-    ) -> tuple[list[int], str, int, ReplyParser]:
-        """fit_prompt, and the parser for the reply; with ``resume`` the last message is a
-        reply cut short, reopened at the end of the prompt to be continued."""
         messages = list(messages)
         partial = messages.pop() if resume and messages[-1]["role"] == "assistant" else None
         head = messages[:1] if messages and messages[0]["role"] == "system" else []
@@ -560,7 +554,9 @@ class Session:
         stats = self.last_stats = Stats()
         start = time.perf_counter()
         room = min(sampling.max_tokens, REPLY_ROOM_TOKENS, self.n_ctx // 4)
-        prompt, _text, stats.dropped_turns, parser = self._fit(messages, room, options, resume)
+        prompt, _text, stats.dropped_turns, parser = self.fit_prompt(
+            messages, room, options, resume
+        )
         yield from self._generate(prompt, parser, sampling, cancel, stats, start)
 
     def complete(

@@ -123,7 +123,7 @@ def test_a_conversation_longer_than_the_context_drops_its_oldest_turns(
             assert reply.stats.generated_tokens > 0  # every message gets a reply
             dropped.append(reply.stats.dropped_turns)
             conversation.append({"role": "assistant", "content": reply.text})
-            kept, text, n_dropped = small.fit_prompt(conversation[:-1], 64)
+            kept, text, n_dropped, _parser = small.fit_prompt(conversation[:-1], 64)
             assert len(kept) <= small.n_ctx - 64 and n_dropped == dropped[-1]
             assert text.startswith("system: You are terse.")
             assert f"user: {turn} hello" in text
