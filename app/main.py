@@ -62,7 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     from PySide6.QtWidgets import QApplication
 
     from app.chat_window import ChatWindow
-    from app.theme import THEME_KEY, apply_theme, style_sheet
+    from app.theme import THEME_KEY, apply_theme
     from engine.errors import MoeChatError
     from engine.library import Library
     from engine.store import Store
@@ -73,7 +73,6 @@ def main(argv: list[str] | None = None) -> int:
     app.setApplicationVersion(package_version())
     app.setDesktopFileName(DESKTOP_ID)  # ties the window to the installed desktop entry
     app.setWindowIcon(QIcon(str(resources.files("resources").joinpath("moe-chat.svg"))))
-    app.setStyleSheet(style_sheet())
     _install_excepthook()
     try:
         store = Store()
