@@ -812,9 +812,9 @@ class ChatWindow(QMainWindow):
         self._show_context()
 
     def _show_context(self) -> None:
-        """Tokens the last reply had in context, of the model's context; and the turns that
-        no longer fit."""
-        replies = [m for m in self._shown_messages() if m.role == "assistant" and m.stats]
+        """Tokens the last reply shown had in context, of the model's context; and the turns
+        that no longer fit."""
+        replies = [m for m in self.view.messages() if (m.stats or {}).get("prompt_tokens")]
         if self._model is None or not replies:
             self.context_label.setText("")
             return
@@ -865,12 +865,6 @@ class ChatWindow(QMainWindow):
         running = self._reply.id if self._reply is not None else None
         self.view.set_busy(self._generating)
         self.view.show_messages(self._shown_messages(), running)
-
-    def _render_message(self, message_id: int) -> None:
-        """Show the latest of one message of the shown conversation."""
-        for message in self._shown_messages():
-            if message.id == message_id:
-                self.view.update_message(message)
 
     @Slot(int)
     def _on_view_alternative_chosen(self, message_id: int) -> None:
@@ -1088,11 +1082,10 @@ class ChatWindow(QMainWindow):
         self.sidebar.running = None
         self.sidebar.refresh(select=self._conversation_id)
         if reply is not None and reply.conversation_id == self._conversation_id:
-            if reply.id in self.view.widgets and any(
-                m.id == reply.id for m in self._shown_messages()
-            ):
-                self._render_message(reply.id)
-            else:
+            saved = next((m for m in self._shown_messages() if m.id == reply.id), None)
+            if saved is not None and reply.id in self.view.widgets:
+                self.view.update_message(saved)
+            else:  # gone (a failed reply with nothing in it is deleted): show the chat again
                 self._render_conversation()
         self._show_context()
 

@@ -559,8 +559,12 @@ class MessageView(QScrollArea):
             widget._show_alternatives()
             widget._show_footer()
 
+    def messages(self) -> list[StoredMessage]:
+        """The messages shown, in order, each as last rendered."""
+        return [widget.message for widget in self.widgets.values()]
+
     def last_reply(self) -> StoredMessage | None:
-        replies = [w.message for w in self.widgets.values() if w.message.role == "assistant"]
+        replies = [m for m in self.messages() if m.role == "assistant"]
         return replies[-1] if replies else None
 
     # -- following the reply ---------------------------------------------------------------

@@ -517,3 +517,16 @@ def test_open_model_starts_in_the_last_models_folder_else_the_models_folder_else
     (tmp_path / "elsewhere").mkdir()
     assert window.open_folder() == str(tmp_path / "elsewhere")
     close(window)
+
+
+def test_the_context_meter_counts_the_last_reply(qtbot: QtBot, synthetic_model: Path) -> None:
+    window = open_window(qtbot)
+    model = load(qtbot, window, synthetic_model)
+    assert window.context_label.text() == ""  # nothing replied yet
+    window.sampling = SamplingSettings.greedy(6)
+    stats = reply_to(qtbot, window, "hello")
+    used = stats["prompt_tokens"] + stats["generated_tokens"]
+    assert window.context_label.text() == f"Context: {used:,} of {model.n_ctx:,} tokens"
+    click(qtbot, window.new_button)
+    assert window.context_label.text() == ""  # per chat
+    close(window)
