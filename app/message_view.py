@@ -399,10 +399,10 @@ class MessageWidget(QFrame):
     def _show_footer(self) -> None:
         message, busy = self.message, self._view.busy
         assistant = message.role == "assistant"
-        if message.stats:
-            line = stats_line(message.stats)
-        elif assistant and self.running:
+        if assistant and self.running:  # (its stats so far hold only the reasoning's time)
             line = "writing…"
+        elif message.stats:
+            line = stats_line(message.stats)
         elif assistant and not message.complete:
             line = "interrupted"
         else:

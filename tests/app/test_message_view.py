@@ -183,6 +183,7 @@ def test_reasoning_streams_open_then_folds_away_when_the_answer_starts(
     view.flush()
     assert widget.reasoning_button.text() == "Thought for 12 s"
     assert not widget.reasoning.isVisible()  # folded once the answer starts
+    assert widget.stats.text() == "writing…"
     qtbot.mouseClick(widget.reasoning_button, Qt.MouseButton.LeftButton)
     assert widget.reasoning.isVisible()  # the user's choice holds while it streams
     view.update_message(replace(answering, content="Paris is the capital."), running=True)
