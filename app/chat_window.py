@@ -863,7 +863,6 @@ class ChatWindow(QMainWindow):
 
     def _render_conversation(self) -> None:
         running = self._reply.id if self._reply is not None else None
-        self.view.set_busy(self._generating)
         self.view.show_messages(self._shown_messages(), running)
 
     @Slot(int)
@@ -978,7 +977,7 @@ class ChatWindow(QMainWindow):
         self._set_generating(True)
         self.sidebar.running = conversation_id
         self.sidebar.refresh(select=self._conversation_id)
-        self._render_conversation()
+        self.view.show_messages(path, reply.id)  # the reply as it starts: as in the store
         options = template_options(conversation.reasoning, self._model.template_options)
         self.worker.generate(ChatRequest(tuple(chat), self.sampling, options, resume is not None))
 
