@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from engine.devices import add_rpc_server, compiled_backends, list_devices
 from engine.gguf_file import GGUFInfo, read_gguf
-from engine.hardware import MachineProfile, detect, engine_view
+from engine.hardware import GPUInfo, MachineProfile, detect, engine_view
 from engine.heat import HeatProfile
 from engine.placement import Placement
 from engine.planner import GPU_USABLE_SHARE, ModelShape, Settings, compute_buffer_bytes, plan
@@ -208,7 +208,11 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
             f"wrote {model.stat().st_size / 2**30:.1f} GiB in {time.perf_counter() - start:.0f} s"
         )
     info = read_gguf(model)
-    machine = detect(engine=engine_view(), include_remote=True)
+    machine = detect(engine=engine_view())
+    if args.rpc:  # the loopback device stands in for a GPU (memory only: timings mean nothing)
+        device = next(d for d in list_devices() if d.name.startswith("RPC"))
+        machine = replace(machine, gpus=(GPUInfo(device.description, "unknown",
+            device.memory_total, device.memory_free, None, "engine", device.name),))  # fmt: skip
     print(
         f"{info.name}: {info.tensor_bytes / 2**30:.1f} GiB; GPU {machine.usable_gpus[0].name}; "
         f"host {machine.physical_cores} cores, RAM {(machine.ram_bandwidth or 0) / GB:.0f} GB/s"

@@ -113,7 +113,7 @@ def main() -> None:
             from tests.helpers.rpc_server import running_server
 
             with running_server() as endpoint:
-                device = add_rpc_server(endpoint).name
+                device = add_rpc_server(endpoint)[0].name
                 for path in models:
                     shape = ModelShape.from_gguf(read_gguf(path))
                     if not shape.expert_bytes:

@@ -8,7 +8,10 @@ parameter for it; the engine honours it, so we build the NULL-terminated array h
 from __future__ import annotations
 
 import ctypes
+import os
 import re
+import statistics
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,11 +48,37 @@ def _device_handles() -> list[Any]:
     return [lib.ggml_backend_dev_get(i) for i in range(lib.ggml_backend_dev_count())]
 
 
+def _named_handles() -> list[tuple[str, Any]]:
+    """Each engine device's name with its handle.
+
+    A device another computer lends over RPC is named as its buffers are, ``RPC<i>[host:port]``
+    (the worker's i-th device), not ``RPC<n>`` (the engine's running count over every worker
+    it was told of, which differs from process to process).
+    """
+    lib = ggml()
+    named = []
+    per_endpoint: dict[str, int] = {}
+    for handle in _device_handles():
+        name = (lib.ggml_backend_dev_name(handle) or b"").decode()
+        if re.fullmatch(r"RPC\d+", name):
+            endpoint = (lib.ggml_backend_dev_description(handle) or b"").decode()
+            index = per_endpoint.get(endpoint, 0)
+            per_endpoint[endpoint] = index + 1
+            name = remote_device_name(endpoint, index)
+        named.append((name, handle))
+    return named
+
+
+def remote_device_name(endpoint: str, index: int) -> str:
+    """The engine device a worker's ``index``-th device is, once registered."""
+    return f"RPC{index}[{endpoint}]"
+
+
 def list_devices() -> list[Device]:
     """Every device the engine can use, CPU included, in the engine's order."""
     lib = ggml()
     devices = []
-    for index, handle in enumerate(_device_handles()):
+    for index, (name, handle) in enumerate(_named_handles()):
         kind = DEVICE_KINDS.get(lib.ggml_backend_dev_type(handle), "unknown")
         free: int | None = None
         total: int | None = None
@@ -60,7 +89,7 @@ def list_devices() -> list[Device]:
         devices.append(
             Device(
                 index=index,
-                name=(lib.ggml_backend_dev_name(handle) or b"").decode(),
+                name=name,
                 description=(lib.ggml_backend_dev_description(handle) or b"").decode(),
                 kind=kind,
                 memory_free=free,
@@ -145,12 +174,21 @@ def buffer_type(device_name: str) -> Any:
         ModelLoadError: no such device.
     """
     lib = ggml()
-    names = []
-    for handle in _device_handles():
-        name = (lib.ggml_backend_dev_name(handle) or b"").decode()
-        names.append(name)
+    handle = device_handle(device_name)
+    return lib.ggml_backend_dev_buffer_type(handle)
+
+
+def device_handle(device_name: str) -> Any:
+    """The engine's handle of the named device (as ``list_devices`` names it).
+
+    Raises:
+        ModelLoadError: no such device.
+    """
+    named = _named_handles()
+    for name, handle in named:
         if name == device_name:
-            return lib.ggml_backend_dev_buffer_type(handle)
+            return handle
+    names = [name for name, _ in named]
     raise ModelLoadError(
         f"The placement asks for device '{device_name}', but this machine's engine only has "
         f"{', '.join(names)}.",
@@ -202,17 +240,21 @@ class TensorOverrides:
         return ctypes.addressof(self._array)
 
 
-def add_rpc_server(endpoint: str) -> Device:
-    """Register a ggml RPC server (``host:port``) as a device and return it.
+def add_rpc_server(endpoint: str) -> list[Device]:
+    """Register a ggml RPC server (``host:port``) with the engine; return its devices.
 
-    Needs an engine built with ``-DGGML_RPC=ON``. Used for machines that lend their GPU
-    over the network, and by the tests as a second device without a GPU.
+    Needs an engine built with ``-DGGML_RPC=ON``. The engine aborts the process if the
+    server cannot be reached or does not answer its handshake, so call this in a child
+    process (the model host), after ``engine.rpc.hello`` has checked the server with a
+    timeout. Registering an endpoint twice returns its devices again.
 
     Raises:
-        ModelLoadError: the engine has no RPC support or the server cannot be reached.
+        ModelLoadError: the engine has no RPC support, or the server offered no device.
     """
     lib = ggml()
-    before = {device.name for device in list_devices()}
+    present = [d for d in list_devices() if d.description == endpoint and d.name.startswith("RPC")]
+    if present:
+        return present
     reg = lib.ggml_backend_reg_by_name(b"RPC")
     if not reg:
         raise ModelLoadError(
@@ -225,9 +267,97 @@ def add_rpc_server(endpoint: str) -> Device:
     add_server = ctypes.CFUNCTYPE(ctypes.c_void_p, ctypes.c_char_p)(address)
     server_reg = add_server(endpoint.encode())
     if not server_reg:
-        raise ModelLoadError(f"The RPC server at {endpoint} could not be reached.")
+        raise ModelLoadError(f"The computer at {endpoint} offered no device.")
     lib.ggml_backend_register(server_reg)
-    added = [device for device in list_devices() if device.name not in before]
+    added = [d for d in list_devices() if d.description == endpoint and d.name.startswith("RPC")]
     if not added:
-        raise ModelLoadError(f"The RPC server at {endpoint} offered no device.")
-    return added[0]
+        raise ModelLoadError(f"The computer at {endpoint} offered no device.")
+    return added
+
+
+class _InitParams(ctypes.Structure):
+    _fields_ = [("mem_size", ctypes.c_size_t), ("mem_buffer", ctypes.c_void_p),
+                ("no_alloc", ctypes.c_bool)]  # fmt: skip
+
+
+GGML_TYPE_I8 = 24
+
+
+@dataclass(frozen=True)
+class LinkMeasure:
+    """What a round trip to a device and a block of bytes each way took."""
+
+    latency_s: float  # the median round trip of a small request
+    upload_bps: float  # bytes/s to the device
+    download_bps: float  # bytes/s back
+
+
+def measure_link(device_name: str, size: int = 8 << 20, rounds: int = 3) -> LinkMeasure:
+    """Time requests to a (remote) device the way the engine makes them: memory queries for
+    the round trip, then ``size`` bytes written to a buffer there and read back.
+
+    8 MiB stays under the size at which the RPC client first offers a hash of the data.
+    """
+    lib = ggml()
+    sz, vp = ctypes.c_size_t, ctypes.c_void_p
+    for name, argtypes, restype in (
+        ("ggml_init", [_InitParams], vp),
+        ("ggml_free", [vp], None),
+        ("ggml_new_tensor_1d", [vp, ctypes.c_int, ctypes.c_int64], vp),
+        ("ggml_backend_alloc_ctx_tensors_from_buft", [vp, vp], vp),
+        ("ggml_backend_buffer_free", [vp], None),
+        ("ggml_backend_tensor_set", [vp, vp, sz, sz], None),
+    ):
+        function = getattr(lib, name)
+        function.argtypes, function.restype = argtypes, restype
+    handle = device_handle(device_name)
+    ctx = lib.ggml_init(_InitParams(1 << 20, None, True))
+    if not ctx:
+        raise ModelLoadError("The engine could not make a scratch context.")
+    buffer = None
+    try:
+        tensor = lib.ggml_new_tensor_1d(ctx, GGML_TYPE_I8, size)
+        buffer = lib.ggml_backend_alloc_ctx_tensors_from_buft(ctx, buffer_type(device_name))
+        if not buffer:
+            raise ModelLoadError(f"{device_name} could not hold {size} bytes.")
+        data = ctypes.create_string_buffer(os.urandom(size), size)
+        back = ctypes.create_string_buffer(size)
+        one = ctypes.create_string_buffer(1)
+        # While a buffer lives there the client keeps its connection: these are round trips,
+        # not new connections.
+        free_c, total_c = sz(0), sz(0)
+        trips = []
+        for _ in range(9):
+            started = time.perf_counter()
+            lib.ggml_backend_dev_memory(handle, ctypes.byref(free_c), ctypes.byref(total_c))
+            trips.append(time.perf_counter() - started)
+        up, down = [], []
+        for _ in range(rounds):
+            started = time.perf_counter()
+            lib.ggml_backend_tensor_set(tensor, data, 0, size)
+            lib.ggml_backend_tensor_get(tensor, one, 0, 1)  # a reply: the bytes have arrived
+            up.append(time.perf_counter() - started)
+            started = time.perf_counter()
+            lib.ggml_backend_tensor_get(tensor, back, 0, size)
+            down.append(time.perf_counter() - started)
+        if back.raw != data.raw:
+            raise ModelLoadError(f"{device_name} returned other bytes than it was sent.")
+    finally:
+        if buffer:
+            lib.ggml_backend_buffer_free(buffer)
+        lib.ggml_free(ctx)
+    latency = statistics.median(trips)
+    return LinkMeasure(latency, size / max(1e-9, min(up) - latency), size / max(1e-9, min(down)))
+
+
+class DeviceList:
+    """A NULL-terminated ``ggml_backend_dev_t`` array for ``llama_model_params.devices``,
+    kept alive as long as the model it was passed to."""
+
+    def __init__(self, names: tuple[str, ...]) -> None:
+        self._array = (ctypes.c_void_p * (len(names) + 1))(*[device_handle(n) for n in names])
+        self._array[len(names)] = None
+
+    @property
+    def address(self) -> int:
+        return ctypes.addressof(self._array)

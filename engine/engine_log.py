@@ -108,11 +108,13 @@ class LoadReport:
 
 
 def buffer_device(buffer_name: str) -> str:
-    """The device whose memory a buffer occupies: ``CUDA0`` for ``CUDA0``, ``RPC0`` for
-    ``RPC0[127.0.0.1:50052]``, and ``CPU`` for host buffers (``CPU_Mapped``, ``CPU_REPACK``,
-    and ``CUDA_Host``, the GPU backend's pinned buffer in system RAM)."""
+    """The device whose memory a buffer occupies: ``CUDA0`` for ``CUDA0``, a worker's
+    ``RPC0[127.0.0.1:50052]`` for itself, and ``CPU`` for host buffers (``CPU_Mapped``,
+    ``CPU_REPACK``, and ``CUDA_Host``, the GPU backend's pinned buffer in system RAM)."""
     if buffer_name.startswith("CPU") or buffer_name.endswith("_Host"):
         return "CPU"
+    if buffer_name.startswith("RPC"):  # named like the device (engine.devices)
+        return buffer_name
     return buffer_name.split("[")[0]
 
 

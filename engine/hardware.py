@@ -71,6 +71,40 @@ class GPUInfo:
 
 
 @dataclass(frozen=True)
+class RemoteDevice:
+    """A device another computer lends over ggml's RPC backend (``moe-chat worker``).
+
+    ``kind`` is "GPU" or "CPU" as the worker describes it, or "unknown" for a server that
+    does not (llama.cpp's own rpc-server). The link figures are measured by engine.rpc.
+    """
+
+    endpoint: str  # host:port of the worker
+    index: int  # the device's number on that worker
+    name: str  # the worker's name for it ("CUDA0", "CPU")
+    description: str  # "NVIDIA GeForce RTX 4090", a CPU's model
+    kind: str
+    memory_free: int | None
+    memory_total: int | None
+    bandwidth: float | None  # bytes/s of its memory, when known
+    latency_s: float | None = None  # a round trip to the worker
+    transfer_bps: float | None = None  # bytes/s across the link (the slower direction)
+
+    @property
+    def engine_device(self) -> str:
+        """Its name in the engine once registered (engine.devices.remote_device_name)."""
+        return f"RPC{self.index}[{self.endpoint}]"
+
+    @property
+    def host(self) -> str:
+        return self.endpoint.rsplit(":", 1)[0]
+
+    def describe(self) -> str:
+        what = {"GPU": "GPU", "CPU": "RAM"}.get(self.kind, "device")
+        free = format_bytes(self.memory_free) if self.memory_free else "unknown"
+        return f"{self.endpoint}: {self.description or self.name} ({what}, {free} available)"
+
+
+@dataclass(frozen=True)
 class MachineProfile:
     """What this machine offers for running a model."""
 
@@ -86,6 +120,7 @@ class MachineProfile:
     engine_backends: tuple[str, ...] | None
     disk_free: int | None
     notes: tuple[str, ...] = field(default_factory=tuple)
+    remotes: tuple[RemoteDevice, ...] = ()  # what other computers lend (Settings → Computers)
 
     @property
     def usable_gpus(self) -> tuple[GPUInfo, ...]:
@@ -344,7 +379,7 @@ def detect(
     engine: dict[str, Any] | bool | None = True,
     sysfs_root: Path = Path("/sys/class/drm"),
     measure_bandwidth: bool = True,
-    include_remote: bool = False,
+    remotes: tuple[RemoteDevice, ...] = (),
     models_dir: Path | None = None,
 ) -> MachineProfile:
     """Probe this machine.
@@ -354,8 +389,8 @@ def detect(
             already-probed result (None meaning the probe failed).
         sysfs_root: where Linux lists GPUs (tests point it elsewhere).
         measure_bandwidth: run (or reuse) the RAM bandwidth probe.
-        include_remote: count GPUs the engine reaches over RPC (for planning a load; the
-            machine summary shows local hardware only).
+        remotes: devices other computers lend (engine.rpc); the engine's own view of them
+            (RPC devices, all typed GPU) is never counted as this machine's GPUs.
         models_dir: the folder models go to, whose disk ``disk_free`` measures (default:
             the app's default models folder).
     """
@@ -383,7 +418,7 @@ def detect(
             engine_device=d["name"],
         )
         for d in (probed or {}).get("devices", [])
-        if d["kind"] in ("GPU", "iGPU") and (include_remote or not d["name"].startswith("RPC"))
+        if d["kind"] in ("GPU", "iGPU") and not d["name"].startswith("RPC")
     ]
     vendor_gpus = probe_nvml() or probe_apple(ram_total) or probe_sysfs(sysfs_root) or []
     gpus = list(engine_gpus)
@@ -406,6 +441,7 @@ def detect(
         engine_backends=tuple(probed["backends"]) if probed else None,
         disk_free=_disk_free(models_dir or paths.models_dir()),
         notes=tuple(notes),
+        remotes=tuple(remotes),
     )
 
 

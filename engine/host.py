@@ -42,6 +42,7 @@ from engine.session import Message, SamplingSettings, Stats
 from engine.throttle import Throttle
 
 if TYPE_CHECKING:
+    from engine.hardware import RemoteDevice
     from engine.tuner import Tuning
 
 log = logging.getLogger(__name__)
@@ -124,6 +125,10 @@ class LoadedModel:
     # "enable_thinking"): what the window offers to set per conversation.
     template_options: tuple[str, ...] = ()
     sampling_defaults: tuple[tuple[str, float], ...] = ()  # the file's general.sampling.*
+    planned_bytes: Mapping[str, int] = field(default_factory=dict)  # the plan's, per device
+    workers: tuple[str, ...] = ()  # other computers holding layers (host:port)
+    link_ms_per_token: float = 0.0  # what the network adds to a token, predicted
+    notes: tuple[str, ...] = ()  # what the user should know: workers left out, assumptions
 
     @property
     def model_id(self) -> str:
@@ -204,6 +209,7 @@ class EngineCrashed:
 
     message: str
     model_path: str | None  # what was loaded, to offer loading it again
+    lost_workers: tuple[str, ...] = ()  # computers that stopped answering: reload without them
 
 
 @dataclass(frozen=True)
@@ -282,6 +288,8 @@ class HostUnavailable(MoeChatError):
 class _Load:
     path: str
     n_ctx: int
+    workers: tuple[str, ...] = ()
+    ram_limit: int | None = None
 
 
 @dataclass(frozen=True)
@@ -406,16 +414,28 @@ class ModelHost:
 
     # -- models ----------------------------------------------------------------------------
 
-    def load(self, path: str | Path, n_ctx: int = 4096) -> None:
+    def load(
+        self,
+        path: str | Path,
+        n_ctx: int = 4096,
+        workers: tuple[str, ...] = (),
+        ram_limit: int | None = None,
+    ) -> None:
         """Load ``path`` (replacing what is loaded), planned for this machine; LoadStarted,
         LoadProgressed and then ModelLoaded or LoadFailed follow. A reply in progress stops;
-        waiting requests run on the new model."""
+        waiting requests run on the new model.
+
+        Args:
+            workers: other computers (``host:port`` of ``moe-chat worker``) whose devices the
+                plan may use; one that cannot be used is left out, with a note.
+            ram_limit: use at most this many bytes of this computer's RAM.
+        """
         with self._lock:
             if self._state is HostState.CLOSED:
                 raise HostUnavailable("The model host is closed.")
             self._start_child()
             self._wanted_path = str(path)
-            self._wanted_load = _Load(str(path), n_ctx)
+            self._wanted_load = _Load(str(path), n_ctx, tuple(workers), ram_limit)
             self._load_started = False
             self._state = HostState.LOADING
             self._load_error = ""
@@ -743,19 +763,25 @@ class ModelHost:
             closing = self._state is HostState.CLOSED
             loading = self._state is HostState.LOADING
             path = self._model.path if self._model is not None else self._wanted_path
+            workers = self._wanted_load.workers if self._wanted_load is not None else ()
+        gone = _lost_workers(workers) if not closing else ()
+        with self._changed:
             if not closing:
                 self._state, self._model = HostState.CRASHED, None
-                self._load_error = message = self._crash_message(code, path if loading else None)
-                if loading:  # the file brought it down: loading it again would too
+                message = self._crash_message(code, path if loading else None, gone)
+                self._load_error = message
+                if loading and not gone:  # the file brought it down: loading it again would too
                     path = None
             self._changed.notify_all()
         if closing:
             return
         log.error("the engine process stopped: %s", message)
         self._fail_all(message, crashed=True)
-        self._notify(EngineCrashed(message, path))
+        self._notify(EngineCrashed(message, path, gone))
 
-    def _crash_message(self, code: int, loading: str | None = None) -> str:
+    def _crash_message(
+        self, code: int, loading: str | None = None, lost: tuple[str, ...] = ()
+    ) -> str:
         if code < 0:
             how = f"it was stopped by signal {-code}"
             if -code == 9:
@@ -768,6 +794,13 @@ class ModelHost:
             "",
         )  # fmt: skip
         words = f" Its last words: {cause[-300:]}" if cause else ""
+        if lost:
+            which = ", ".join(lost)
+            return (
+                f"The computer at {which} stopped answering, and the engine stopped with it "
+                f"({how}). The reply so far is kept; load the model on this computer alone, "
+                "or restart `moe-chat worker` there and load it again."
+            )
         if loading is not None:
             return (
                 f"The engine stopped while loading {Path(loading).name}: {how}.{words} The "
@@ -916,8 +949,13 @@ class _Child:
         self.send(LoadStarted(command.path))
         self.progress_sent = -1.0
         try:
+            remotes, left_out = self.connect(command.workers)
             session, choice = open_planned(
-                command.path, LoadSettings(n_ctx=command.n_ctx), on_progress=self.on_progress
+                command.path,
+                LoadSettings(n_ctx=command.n_ctx),
+                on_progress=self.on_progress,
+                remotes=remotes,
+                ram_limit=command.ram_limit,
             )
         except Exception as exc:
             log.warning("loading %s failed", command.path, exc_info=not _expected(exc))
@@ -956,9 +994,21 @@ class _Child:
                     tuning=Tuning.load(model_key(session.path), choice.machine_key),
                     template_options=template_options_supported(info.chat_template),
                     sampling_defaults=info.sampling,
+                    planned_bytes={d.device: d.total for d in choice.plan.devices},
+                    workers=choice.plan.workers,
+                    link_ms_per_token=choice.plan.link_s_per_token * 1000,
+                    notes=left_out + choice.plan.notes,
                 )
             )
         )
+
+    def connect(self, workers: tuple[str, ...]) -> tuple[tuple[RemoteDevice, ...], tuple[str, ...]]:
+        """Register the workers asked for (once per process: the engine keeps them)."""
+        if not workers:
+            return (), ()
+        from engine.rpc import connect
+
+        return connect(workers)
 
     def on_progress(self, fraction: float) -> bool:
         if fraction - self.progress_sent >= 0.01 or fraction >= 1.0:
@@ -1117,6 +1167,19 @@ class _Child:
         self.send(TuneFinished(result))
         if not self.closing.is_set():
             self.load(loaded)
+
+
+def _lost_workers(workers: tuple[str, ...]) -> tuple[str, ...]:
+    """The workers that no longer answer (after the engine stopped: one may have been why)."""
+    from engine.rpc import WorkerError, hello, parse_endpoint
+
+    lost = []
+    for text in workers:
+        try:
+            hello(parse_endpoint(text), timeout=2.0)
+        except WorkerError:
+            lost.append(text)
+    return tuple(lost)
 
 
 def _expected(exc: BaseException) -> bool:

@@ -52,6 +52,11 @@ class Placement:
     no_host: bool = False  # CPU-side weights in repacked CPU buffers, not the GPU's host buffer
     partial_expert_layer: int | None = None  # a layer with some expert tensors on a GPU
     partial_gpu_share: float = 0.0  # the share of that layer's expert bytes on the GPU
+    # The engine devices that hold layers, in layer order (empty: the engine's default, every
+    # local GPU), and how many layers each holds (empty: in proportion to free memory). A
+    # block of whole layers on another computer is one entry of each.
+    devices: tuple[str, ...] = ()
+    tensor_split: tuple[float, ...] = ()
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Placement:
@@ -66,6 +71,8 @@ class Placement:
             no_host=bool(raw.get("no_host", False)),
             partial_expert_layer=raw.get("partial_expert_layer"),
             partial_gpu_share=float(raw.get("partial_gpu_share", 0.0)),
+            devices=tuple(str(d) for d in raw.get("devices", ())),
+            tensor_split=tuple(float(x) for x in raw.get("tensor_split", ())),
         )
 
     @classmethod

@@ -14,8 +14,20 @@ from engine.errors import MoeChatError
 TIMEOUT_S = 120
 
 
-def run(out: TextIO = sys.stdout) -> int:
+def _share_here(path: Path, n_workers: int) -> int:
+    """A RAM limit that leaves this computer an even share of the layers."""
+    from engine.gguf_file import read_gguf
+    from engine.planner import ModelShape, Settings, ram_for_layers
+
+    shape = ModelShape.from_gguf(read_gguf(path))
+    return ram_for_layers(shape, Settings(n_ctx=2048), shape.n_layers // (n_workers + 1))
+
+
+def run(out: TextIO = sys.stdout, workers: tuple[str, ...] = ()) -> int:
     """Build the synthetic MoE, load it, generate a short reply and print the stats.
+
+    With ``workers`` (``host:port`` of ``moe-chat worker``), this computer keeps a share of
+    the layers and the workers the rest, and the bytes placed on each device are printed.
 
     Returns:
         0 on success, 1 with the reason printed on failure.
@@ -33,6 +45,7 @@ def run(out: TextIO = sys.stdout) -> int:
             ReplyFinished,
             ReplyPieces,
         )
+        from engine.rpc import check_worker
         from engine.session import SamplingSettings
         from engine.synthetic import build_synthetic_moe
 
@@ -47,11 +60,29 @@ def run(out: TextIO = sys.stdout) -> int:
             return 1
         print("hardware probe (child process): ok", file=out)
         with tempfile.TemporaryDirectory(prefix="moe-chat-selftest-") as tmp:
+            for worker in workers:  # each one answers, with its devices and its link
+                print(f"worker {worker}:\n  " + check_worker(worker).summary().replace(
+                    "\n", "\n  "), file=out)  # fmt: skip
             path = build_synthetic_moe(Path(tmp) / "synthetic-moe.gguf")
+            limit = _share_here(path, len(workers)) if workers else None
             # The model runs where the app runs it: in the host's child process.
             with ModelHost() as host:
-                host.load(path, 2048)
+                host.load(path, 2048, workers, limit)
                 info = host.wait_loaded(TIMEOUT_S)
+                if workers:
+                    for note in info.notes:
+                        print(f"note: {note}", file=out)
+                    for device, size in sorted(info.device_bytes.items()):
+                        print(f"placed on {device}: {size / 2**20:.1f} MiB "
+                              f"(planned {info.planned_bytes.get(device, 0) / 2**20:.1f})",
+                              file=out)  # fmt: skip
+                    for worker in workers:
+                        if worker not in info.workers:
+                            print(f"placed on {worker}: nothing (not needed for this model)",
+                                  file=out)  # fmt: skip
+                    if not info.workers:
+                        print("self-test FAILED: no layer went to another computer", file=out)
+                        return 1
                 print(
                     f"model: {info.name}, {info.architecture}, {info.n_layers} layers, "
                     f"{info.n_experts} experts ({info.n_experts_used} used), in process "
@@ -81,6 +112,9 @@ def run(out: TextIO = sys.stdout) -> int:
             f"RSS {stats.rss_bytes / 2**20:.0f} MiB",
             file=out,
         )
+        if workers:
+            print(f"the network added {info.link_ms_per_token:.2f} ms per token (predicted)",
+                  file=out)  # fmt: skip
         print(f"self-test passed in {time.perf_counter() - started:.2f} s", file=out)
         return 0
     except MoeChatError as exc:

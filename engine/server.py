@@ -698,7 +698,14 @@ def serve_main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--allow-origin", action="append", default=[], help="a web origin allowed by CORS"
     )
+    parser.add_argument(
+        "--workers",
+        default="",
+        metavar="H:P[,H:P…]",
+        help="other computers (moe-chat worker) whose memory the model may use",
+    )
     args = parser.parse_args(argv)
+    workers = tuple(w.strip() for w in args.workers.split(",") if w.strip())
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     config = ServerConfig(args.host, args.port, args.api_key or None, tuple(args.allow_origin))
     stop = threading.Event()
@@ -708,7 +715,7 @@ def serve_main(argv: list[str] | None = None) -> int:
         check_config(config)
         with ModelHost() as host:
             print(f"Loading {args.model.name}…", flush=True)
-            host.load(args.model, args.ctx)
+            host.load(args.model, args.ctx, workers)
             while host.state is HostState.LOADING and not stop.wait(0.2):
                 pass  # a signal stops the load too
             if stop.is_set():
@@ -717,6 +724,8 @@ def serve_main(argv: list[str] | None = None) -> int:
             server = ApiServer(host, config)
             address = server.start()
             print(f"Serving {model.name} ({model.model_id}) placed as: {model.placement}")
+            for note in model.notes:
+                print(f"Note: {note}")
             print(f"OpenAI-compatible API at {address}/v1", flush=True)
             if config.api_key:
                 print("Requests need 'Authorization: Bearer <your key>'.", flush=True)

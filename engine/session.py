@@ -36,7 +36,7 @@ from engine.chat_format import (
     parser_for,
     reply_format,
 )
-from engine.devices import TensorOverrides, list_devices
+from engine.devices import DeviceList, TensorOverrides, list_devices
 from engine.errors import GenerationError, ModelLoadError
 from engine.gguf_file import GGUFInfo, read_gguf
 from engine.heat import HeatProfile, RoutingCapture
@@ -256,6 +256,14 @@ class Session:
         address = self._overrides.address
         if address is not None:
             params.tensor_buft_overrides = address
+        if self.placement.devices:  # kept alive with the model, as the overrides are
+            self._device_list = DeviceList(self.placement.devices)
+            params.devices = self._device_list.address
+        if self.placement.tensor_split:
+            split = list(self.placement.tensor_split)
+            slots = int(ll.llama_max_devices())  # the engine copies this many
+            self._tensor_split = (ctypes.c_float * slots)(*(split + [0.0] * (slots - len(split))))
+            params.tensor_split = self._tensor_split
         self._load_aborted = False
         if on_progress is not None:
 

@@ -28,7 +28,7 @@ from typing import Any
 
 from engine.errors import ModelLoadError, StoreError
 from engine.gguf_file import GGUFInfo, read_gguf
-from engine.hardware import MachineProfile, detect, engine_view
+from engine.hardware import MachineProfile, RemoteDevice, detect, engine_view
 from engine.heat import HeatProfile, gpu_layer_order, model_key
 from engine.library import atomic_write_json
 from engine.paths import tuning_dir
@@ -163,19 +163,23 @@ def tuning_path(model: str, machine: str) -> Path:
 
 def machine_key(machine: MachineProfile) -> str:
     """Identifies the hardware a tuning was measured on; free memory is not part of it."""
-    parts = {
+    parts: dict[str, object] = {
         "cpu": machine.cpu_model,
         "cores": machine.physical_cores,
         "ram_gib": round((machine.ram_total or 0) / 2**30),
         "gpus": [(g.name, round((g.memory_total or 0) / 2**30)) for g in machine.usable_gpus],
         "backends": list(machine.engine_backends or ()),
     }
+    if machine.remotes:  # a tuning with other computers' devices is another machine's
+        parts["remotes"] = [(r.endpoint, r.name, round((r.memory_total or 0) / 2**30))
+                            for r in machine.remotes]  # fmt: skip
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def this_machine() -> MachineProfile:
-    """The machine as a load sees it: engine devices (remote ones too) and current free memory."""
-    return detect(engine=engine_view(), include_remote=True)
+def this_machine(remotes: tuple[RemoteDevice, ...] = ()) -> MachineProfile:
+    """The machine as a load sees it: engine devices, current free memory, and the devices
+    other computers lend (``remotes``, from engine.rpc.connect)."""
+    return detect(engine=engine_view(), remotes=remotes)
 
 
 def choose(
@@ -184,6 +188,7 @@ def choose(
     machine: MachineProfile,
     knobs: Knobs | None = None,
     tuned: bool = False,
+    ram_limit: int | None = None,
 ) -> Choice:
     """Plan ``info`` on ``machine`` with ``knobs``; heat counted earlier orders the layers."""
     knobs = knobs or Knobs()
@@ -198,6 +203,7 @@ def choose(
         gpu_expert_layers=knobs.gpu_expert_layers,
         layer_order=order,
         no_host=knobs.no_host,
+        ram_limit=ram_limit,
     )
     result = make_plan(ModelShape.from_gguf(info), machine, settings)
     placement = result.placement if result.runs else Placement.cpu_only()
@@ -220,12 +226,13 @@ def auto_choice(
     n_ctx: int,
     machine: MachineProfile | None = None,
     default: Knobs | None = None,
+    ram_limit: int | None = None,
 ) -> Choice:
     """What an "auto" load uses: the remembered tuning if there is one, else the planner's
     with ``default`` knobs (the caller's batch size and threads)."""
     machine = machine or this_machine()
     knobs = remembered(info, machine)
-    return choose(info, n_ctx, machine, knobs or default, tuned=knobs is not None)
+    return choose(info, n_ctx, machine, knobs or default, knobs is not None, ram_limit)
 
 
 def open_planned(
@@ -233,9 +240,13 @@ def open_planned(
     settings: LoadSettings | None = None,
     on_progress: Callable[[float], bool] | None = None,
     heat: HeatProfile | None = None,
+    remotes: tuple[RemoteDevice, ...] = (),
+    ram_limit: int | None = None,
 ) -> tuple[Session, Choice]:
     """Load ``path`` with the split planned for this machine (``auto_choice``); the batch
     size and threads of ``settings`` are the defaults a remembered tuning overrides.
+    ``remotes`` are devices other computers lend (registered with the engine already);
+    ``ram_limit`` caps what the plan uses of this computer's RAM.
 
     Raises:
         ModelFileError, ModelLoadError: as ``Session`` does.
@@ -243,7 +254,7 @@ def open_planned(
     settings = settings or LoadSettings()
     info = read_gguf(path)
     asked = Knobs(n_ubatch=settings.n_ubatch, n_threads=settings.n_threads)
-    choice = auto_choice(info, settings.n_ctx, default=asked)
+    choice = auto_choice(info, settings.n_ctx, this_machine(remotes), asked, ram_limit)
     settings = replace(
         settings,
         n_batch=max(settings.n_batch, choice.n_ubatch),

@@ -50,8 +50,7 @@ def rpc_device() -> Iterator[str]:
     from tests.helpers.rpc_server import running_server
 
     with running_server() as endpoint:
-        device = add_rpc_server(endpoint)
-        yield device.name
+        yield add_rpc_server(endpoint)[0].name
 
 
 # -- the fake Hugging Face Hub -----------------------------------------------------------------

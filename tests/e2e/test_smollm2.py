@@ -17,7 +17,6 @@ from engine.engine_log import per_device
 from engine.gguf_file import Role, read_gguf
 from engine.placement import EXPERT_TENSORS, Placement, TensorRule
 from engine.session import LoadSettings, SamplingSettings, Session
-from engine.tuner import open_planned
 
 QUESTION = [
     {"role": "system", "content": "You are a helpful assistant."},
@@ -120,20 +119,6 @@ def test_unloading_gives_the_memory_back(smollm2: Path) -> None:
     weights = read_gguf(smollm2).tensor_bytes
     assert loaded - before > 0.8 * weights
     assert loaded - after > 0.8 * weights
-
-
-def test_auto_placement_uses_the_device_and_keeps_the_reply(
-    upcycled_moe: Path, dense_reply: str, rpc_device: str
-) -> None:
-    # The RPC device reports this machine's free RAM, far more than the 250 MB model needs,
-    # so the planner puts everything on it.
-    session, _choice = open_planned(upcycled_moe)
-    with session:
-        assert session.placement.n_gpu_layers == -1 and session.placement.rules == ()
-        assert session.placement.label == "All on the GPU"
-        text = session.chat(QUESTION, SamplingSettings.greedy(48)).text
-        assert _device_bytes(session.load_report.model_buffers, rpc_device) > 0
-    assert text == dense_reply
 
 
 def test_a_planned_hybrid_split_loads_as_planned(

@@ -13,4 +13,4 @@ def test_buffers_are_counted_on_the_device_whose_memory_they_use() -> None:
         "CUDA0": 8,
         "RPC0[127.0.0.1:50052]": 16,
     }
-    assert per_device(buffers) == {"CPU": 7, "CUDA0": 8, "RPC0": 16}
+    assert per_device(buffers) == {"CPU": 7, "CUDA0": 8, "RPC0[127.0.0.1:50052]": 16}
