@@ -44,11 +44,22 @@ def main(argv: list[str] | None = None) -> int:
         from engine.server import serve_main
 
         return serve_main(args_in[1:])
+    if args_in[:1] == ["worker"]:  # lend this computer to another: `moe-chat worker`
+        from engine.rpc import worker_main
+
+        return worker_main(args_in[1:])
     parser = argparse.ArgumentParser(
         prog="moe-chat",
-        description="Chat with a local MoE model. `moe-chat serve --help`: the local API alone.",
+        description="Chat with a local MoE model. `moe-chat serve --help`: the local API alone. "
+        "`moe-chat worker --help`: lend this computer's memory to MoE Chat on another.",
     )
     parser.add_argument("--self-test", action="store_true", help="headless engine check, then exit")
+    parser.add_argument(
+        "--workers",
+        default="",
+        metavar="H:P[,H:P…]",
+        help="with --self-test: also place layers on these computers (moe-chat worker)",
+    )
     parser.add_argument("--version", action="version", version=f"moe-chat {package_version()}")
     parser.add_argument("model", nargs="?", help="a .gguf file to load at start")
     args, qt_args = parser.parse_known_args(argv)
@@ -56,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.self_test:
         from engine.selftest import run
 
-        return run()
+        return run(workers=tuple(w.strip() for w in args.workers.split(",") if w.strip()))
 
     from PySide6.QtGui import QIcon
     from PySide6.QtWidgets import QApplication

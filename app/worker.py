@@ -67,9 +67,11 @@ class HostAdapter(QObject):
 
     # -- calls -----------------------------------------------------------------------------
 
-    def load(self, path: str, n_ctx: int) -> None:
+    def load(
+        self, path: str, n_ctx: int, workers: tuple[str, ...] = (), ram_limit: int | None = None
+    ) -> None:
         try:
-            self.host.load(path, n_ctx)
+            self.host.load(path, n_ctx, workers, ram_limit)
         except MoeChatError as exc:
             self.load_failed.emit(str(exc))
 
