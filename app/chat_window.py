@@ -52,6 +52,7 @@ from app.system_prompt import SystemPromptDialog
 from app.worker import WINDOW_CLIENT, HostAdapter
 from engine import export
 from engine.chat_format import TemplateOptions
+from engine.computers import enabled_endpoints, load_computers, ram_limit
 from engine.downloads import DownloadEvent
 from engine.errors import MoeChatError
 from engine.host import ChatMessage, ChatRequest, EngineCrashed, LoadedModel, QueueChanged
@@ -160,6 +161,7 @@ class ChatWindow(QMainWindow):
         self._conversation_id: int | None = None
         self._model: LoadedModel | None = None
         self._crashed_path: str | None = None  # offered for loading again after a crash
+        self._reload_alone = False  # … without the other computers (one stopped answering)
         self._device_memory: dict[str, tuple[int, int]] = {}
         # The reply being written (in any conversation, shown or not).
         self._reply: StoredMessage | None = None
@@ -460,18 +462,21 @@ class ChatWindow(QMainWindow):
 
     # -- errors ----------------------------------------------------------------------------
 
-    def show_error(self, text: str, reload_path: str | None = None) -> None:
+    def show_error(self, text: str, reload_path: str | None = None, alone: bool = False) -> None:
         """The one place errors appear: a banner above the conversation, with "Load again"
-        when the engine stopped under a model."""
+        when the engine stopped under a model ("Load on this computer alone" when another
+        computer it used stopped answering)."""
         self.error_label.setText(text)
         self._crashed_path = reload_path
+        self._reload_alone = alone
+        self.reload_button.setText("Load on this computer alone" if alone else "Load again")
         self.reload_button.setVisible(reload_path is not None)
         self.error_banner.show()
 
     @Slot()
     def _on_reload_button_clicked(self) -> None:
         if self._crashed_path is not None:
-            self.load_model(self._crashed_path)
+            self.load_model(self._crashed_path, alone=self._reload_alone)
 
     # -- model -----------------------------------------------------------------------------
 
@@ -489,7 +494,8 @@ class ChatWindow(QMainWindow):
 
     @Slot()
     def open_settings(self) -> SettingsDialog:
-        dialog = SettingsDialog(self.downloads, self, self.api, self.store)
+        busy = self._model.workers if self._model is not None else ()
+        dialog = SettingsDialog(self.downloads, self, self.api, self.store, busy)
         dialog.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
         dialog.open()
         return dialog
@@ -569,12 +575,15 @@ class ChatWindow(QMainWindow):
     def _on_worker_tune_finished(self, tuning: Any) -> None:
         self.experts.tuning_finished(tuning)
 
-    def load_model(self, path: str) -> None:
-        """Ask the worker to load ``path`` (stops a reply in progress first)."""
+    def load_model(self, path: str, alone: bool = False) -> None:
+        """Ask the worker to load ``path`` (stops a reply in progress first), with the other
+        computers ticked in Settings → Computers unless ``alone``."""
         if self._generating:
             self.stop()
         self.error_banner.hide()
-        self.worker.load(path, int(self.store.get_setting(CONTEXT_KEY, 4096)))
+        workers = () if alone else enabled_endpoints(load_computers(self.store))
+        n_ctx = int(self.store.get_setting(CONTEXT_KEY, 4096))
+        self.worker.load(path, n_ctx, workers, ram_limit(self.store))
 
     @Slot(str)
     def _on_worker_load_started(self, path: str) -> None:
@@ -625,13 +634,17 @@ class ChatWindow(QMainWindow):
             "n_ctx": model.n_ctx,
         }
         self.store.set_setting(MEASURED_KEY, measured)
+        if model.notes:  # a computer left out, a link not measured: worth knowing, not fatal
+            self.show_error(" ".join(model.notes))
         self.model_ready.emit(model)
 
     @Slot(str)
     def _on_worker_load_failed(self, message: str) -> None:
         self._no_model(message, "No model loaded")
 
-    def _no_model(self, message: str, label: str, reload_path: str | None = None) -> None:
+    def _no_model(
+        self, message: str, label: str, reload_path: str | None = None, alone: bool = False
+    ) -> None:
         """A load failed or the engine stopped: nothing to chat with; say why."""
         self._model = None
         self._tuning = False
@@ -641,7 +654,7 @@ class ChatWindow(QMainWindow):
         if self._manager is not None:
             self._manager.set_loaded(None)
         self._show_chat_settings()
-        self.show_error(message, reload_path)
+        self.show_error(message, reload_path, alone)
         self.model_failed.emit(message)
 
     # -- conversations ---------------------------------------------------------------------
@@ -1090,7 +1103,12 @@ class ChatWindow(QMainWindow):
 
     @Slot(object)
     def _on_worker_engine_crashed(self, event: EngineCrashed) -> None:
-        self._no_model(event.message, "No model loaded: the engine stopped", event.model_path)
+        self._no_model(
+            event.message,
+            "No model loaded: the engine stopped",
+            event.model_path,
+            alone=bool(event.lost_workers),
+        )
 
     @Slot(object)
     def _on_worker_queue_changed(self, queue: QueueChanged) -> None:

@@ -33,6 +33,7 @@ from app.background import run_in_background
 from app.downloads import Downloads, DownloadsPanel, action_text, catalog_key
 from app.settings_dialog import SettingsDialog
 from engine.catalog import CatalogModel, load_catalog
+from engine.computers import check, lent_devices, load_computers, ram_limit
 from engine.downloads import DownloadEvent
 from engine.errors import MoeChatError, user_message
 from engine.gguf_file import GGUFInfo, read_gguf
@@ -50,6 +51,7 @@ VERDICT_COLOURS = {  # (on a light background, on a dark one)
     Verdict.FULL_GPU: ("#047857", "#34d399"),
     Verdict.HYBRID: ("#1d4ed8", "#7ab4ff"),
     Verdict.CPU_ONLY: ("#92400e", "#f5b942"),
+    Verdict.POOLED: ("#6d28d9", "#c4b5fd"),
     Verdict.TOO_LARGE: ("#b91c1c", "#f87171"),
 }
 RECOMMENDED_MARK = "★ "
@@ -81,7 +83,7 @@ def breakdown(result: Plan) -> str:
     return "\n".join(lines)
 
 
-def machine_summary(machine: MachineProfile) -> str:
+def machine_summary(machine: MachineProfile, unreachable: tuple[str, ...] = ()) -> str:
     cpu = machine.cpu_model or "unknown CPU"
     cores = f"{machine.physical_cores} cores" if machine.physical_cores else "cores unknown"
     ram = (
@@ -104,6 +106,16 @@ def machine_summary(machine: MachineProfile) -> str:
         lines.append(f"<b>GPU</b> {html.escape(gpu.name)}: {memory}{estimate} · {usable}")
     if not machine.gpus:
         lines.append("<b>GPU</b> none found")
+    for device in machine.remotes:
+        link = (
+            f" · round trip {device.latency_s * 1000:.2f} ms, "
+            f"{format_bytes(int(device.transfer_bps or 0))}/s"
+            if device.latency_s is not None
+            else " · link not tested yet"
+        )
+        lines.append(f"<b>Other computer</b> {html.escape(device.describe())}{link}")
+    for endpoint in unreachable:
+        lines.append(f"<b>Other computer</b> {html.escape(endpoint)}: unreachable")
     backends = ", ".join(machine.engine_backends) if machine.engine_backends else "unknown"
     lines.append(f"<b>Engine backends</b> {backends}")
     return "<br>".join(lines)
@@ -145,12 +157,14 @@ class ModelManager(QDialog):
         except MoeChatError as exc:
             self.recommendation.setText(html.escape(str(exc)))
         models = self.library.models_dir  # the disk downloads go to: the user's chosen one
-        run_in_background(
-            lambda: detect(models_dir=models),
-            self._on_detect_succeeded,
-            self,
-            self._on_detect_failed,
-        )
+        computers = [c for c in load_computers(store) if c.enabled]
+
+        def look() -> tuple[MachineProfile, tuple[str, ...]]:
+            statuses = [check(c) for c in computers]  # each a couple of seconds at most
+            machine = detect(models_dir=models, remotes=lent_devices(statuses))
+            return machine, tuple(s.computer.endpoint for s in statuses if not s.reachable)
+
+        run_in_background(look, self._on_detect_succeeded, self, self._on_detect_failed)
 
     # -- construction ----------------------------------------------------------------------
 
@@ -296,9 +310,10 @@ class ModelManager(QDialog):
     # -- machine ---------------------------------------------------------------------------
 
     @Slot(object)
-    def _on_detect_succeeded(self, machine: MachineProfile) -> None:
+    def _on_detect_succeeded(self, result: tuple[MachineProfile, tuple[str, ...]]) -> None:
+        machine, unreachable = result
         self.machine = machine
-        self.machine_label.setText(machine_summary(machine))
+        self.machine_label.setText(machine_summary(machine, unreachable))
         warnings = list(machine.notes)
         hint = machine.reinstall_hint()
         if machine.unusable_gpus and hint:
@@ -326,7 +341,9 @@ class ModelManager(QDialog):
 
     @property
     def settings(self) -> Settings:
-        return Settings(n_ctx=int(self.context_combo.currentData()))
+        return Settings(
+            n_ctx=int(self.context_combo.currentData()), ram_limit=ram_limit(self.store)
+        )
 
     @Slot()
     def _on_context_combo_changed(self) -> None:

@@ -1,5 +1,5 @@
-"""Settings: downloads (Hugging Face token, Hub address, offline mode, models folder) and the
-local API for other programs."""
+"""Settings: appearance and downloads (Hugging Face token, Hub address, offline mode, models
+folder), the local API for other programs, and other computers whose memory models may use."""
 
 from __future__ import annotations
 
@@ -21,12 +21,14 @@ from PySide6.QtWidgets import (
     QLineEdit,
     QPushButton,
     QSpinBox,
+    QTabWidget,
     QVBoxLayout,
     QWidget,
 )
 
 from app.api_control import ApiControl
 from app.background import run_in_background
+from app.computers_page import ComputersPage
 from app.downloads import Downloads
 from app.theme import THEME_KEY, THEMES, apply_theme
 from engine.downloads import offline_by_environment
@@ -47,6 +49,7 @@ class SettingsDialog(QDialog):
         parent: QWidget | None = None,
         api: ApiControl | None = None,
         store: Store | None = None,
+        busy_computers: tuple[str, ...] = (),
     ) -> None:
         super().__init__(parent)
         self.api = api
@@ -57,7 +60,9 @@ class SettingsDialog(QDialog):
         self.library = downloads.library
         hub = self.library.hub
         layout = QVBoxLayout(self)
-        form = QFormLayout()
+        self.tabs = QTabWidget(self)
+        general = QWidget(self.tabs)
+        form = QFormLayout(general)
 
         self.theme = QComboBox(self)
         self.theme.setAccessibleName("Appearance")
@@ -112,9 +117,14 @@ class SettingsDialog(QDialog):
         folder_row.addWidget(self.models_dir, 1)
         folder_row.addWidget(browse)
         form.addRow("Models folder", folder_row)
-        layout.addLayout(form)
+        self.tabs.addTab(general, "General")
         if api is not None:
-            layout.addWidget(self._api_section(api))
+            self.tabs.addTab(self._api_section(api), "Local API")
+        self.computers: ComputersPage | None = None
+        if store is not None:
+            self.computers = ComputersPage(store, busy_computers, self.tabs)
+            self.tabs.addTab(self.computers, "Computers")
+        layout.addWidget(self.tabs, 1)
 
         self.message = QLabel(self)
         self.message.setObjectName("warningLabel")
@@ -131,7 +141,6 @@ class SettingsDialog(QDialog):
         enabled, config = api.saved()
         box = QWidget(self)
         form = QFormLayout(box)
-        form.setContentsMargins(0, 8, 0, 0)
         self.api_enabled = QCheckBox("Serve the loaded model to other programs", box)
         self.api_enabled.setChecked(enabled)
         self.api_enabled.setAccessibleName("Local API server")

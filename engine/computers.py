@@ -19,6 +19,7 @@ from engine.rpc import WorkerReport, fetch_card, parse_endpoint, remote_devices
 from engine.store import Store
 
 COMPUTERS_KEY = "computers"
+RAM_LIMIT_KEY = "ram_limit_bytes"  # at most this much of this computer's RAM for a model
 CHECK_TIMEOUT_S = 2.0
 
 
@@ -105,3 +106,9 @@ def lent_devices(statuses: list[Status]) -> tuple[RemoteDevice, ...]:
 
 def enabled_endpoints(computers: list[Computer]) -> tuple[str, ...]:
     return tuple(c.endpoint for c in computers if c.enabled)
+
+
+def ram_limit(store: Store) -> int | None:
+    """The user's cap on this computer's RAM for a model (None: all that is free)."""
+    value = store.get_setting(RAM_LIMIT_KEY)
+    return int(value) if isinstance(value, (int, float)) and value > 0 else None

@@ -1068,7 +1068,9 @@ def _dense_remote_plan(
         placement=replace(
             result.placement,
             devices=(remote.engine_device,),
-            label=f"{result.placement.label.replace('GPU', remote.endpoint, 1)}",
+            label=result.placement.label.replace(
+                "the GPU", f"the GPU at {remote.endpoint}", 1
+            ).replace("GPU,", f"GPU at {remote.endpoint},", 1),
         ),
         decode_tokens_per_s=1 / (1 / result.decode_tokens_per_s + link),
         prompt_tokens_per_s=1 / (1 / result.prompt_tokens_per_s + prompt_link / settings.n_ubatch),

@@ -7,7 +7,11 @@ upcycled SmolLM2 MoE must give the dense model's greedy reply under any placemen
 
 from __future__ import annotations
 
+import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -144,3 +148,54 @@ def test_a_silent_or_missing_worker_is_left_out_of_the_load_with_a_note(
     notes = " ".join(model.notes)
     assert f"{silent} accepted the connection but did not answer" in notes
     assert "127.0.0.3:1 could not be reached" in notes
+
+
+def test_the_self_test_with_a_worker_prints_the_bytes_placed_on_each_device(tmp_path: Path) -> None:
+    worker = start_worker("127.0.0.2")
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", "app", "--self-test", "--workers", worker.endpoint],
+            env={**os.environ, "MOE_CHAT_HOME": str(tmp_path / "home")},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    finally:
+        stop_worker(worker)
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr[-2000:]
+    assert f"worker {worker.endpoint}:" in out and "round trip" in out
+    placed = re.findall(r"placed on (\S+): ([\d.]+) MiB \(planned ([\d.]+)\)", out)
+    devices = {device for device, _, _ in placed}
+    assert f"RPC0[{worker.endpoint}]" in devices and "CPU" in devices, out
+    assert all(float(size) > 0 for _, size, _ in placed)
+    assert "the network added" in out and "self-test passed" in out
+
+
+def test_serve_with_an_unreachable_worker_says_so_and_serves_on_this_computer(
+    synthetic_model: Path,
+) -> None:
+    process = subprocess.Popen(
+        [sys.executable, "-m", "app", "serve", str(synthetic_model), "--port", "0",
+         "--ctx", "512", "--workers", "127.0.0.3:1"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )  # fmt: skip
+    try:
+        assert process.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and not (lines and "/v1" in lines[-1]):
+            line = process.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+        process.terminate()
+        process.communicate(timeout=60)
+    finally:
+        process.kill()
+    text = "".join(lines)
+    assert "Note: " in text and "127.0.0.3:1 could not be reached" in text, text
+    assert "It was left out." in text and "OpenAI-compatible API at http://127.0.0.1:" in text
+    assert process.returncode == 0
