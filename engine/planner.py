@@ -844,11 +844,17 @@ def _remote_efficiency(device: RemoteDevice) -> float:
     return CPU_EFFICIENCY if device.kind == "CPU" else GPU_EFFICIENCY
 
 
-def _visit_seconds(device: RemoteDevice, shape: ModelShape, tokens: int = 1) -> float:
-    """One trip into a remote block and back: a round trip plus the activations both ways."""
+def visit_seconds(
+    device: RemoteDevice, shape: ModelShape, settings: Settings, tokens: int = 1
+) -> float:
+    """One trip into a remote block and back: a round trip, the activations both ways, and
+    the attention mask there (a float per cell in use and token; half the context counted:
+    a conversation midway). The graph itself crosses only when its shape changes (llama.cpp
+    reuses it from token to token)."""
     latency = device.latency_s if device.latency_s is not None else DEFAULT_LINK_LATENCY_S
     rate = device.transfer_bps or DEFAULT_LINK_BPS
-    return latency + 2 * tokens * shape.n_embd * ACTIVATION_BYTES / rate
+    mask = tokens * settings.n_ctx // 2 * ACTIVATION_BYTES
+    return latency + (2 * tokens * shape.n_embd * ACTIVATION_BYTES + mask) / rate
 
 
 def block_compute_bytes(shape: ModelShape, settings: Settings) -> int:
@@ -991,10 +997,12 @@ def _split_blocks(
             flops = device.bandwidth * GPU_FLOPS_PER_BYTE_PER_S
         else:
             flops = _cpu_flops(machine)
-        link += _visit_seconds(remote, shape)
+        link += visit_seconds(remote, shape, settings)
         active = shape.active_params * sum(shape.layer_read_bytes(i) for i in layers) / total_read
         prompt_seconds += 2 * active / flops
-        prompt_seconds += _visit_seconds(remote, shape, settings.n_ubatch) / settings.n_ubatch
+        prompt_seconds += (
+            visit_seconds(remote, shape, settings, settings.n_ubatch) / settings.n_ubatch
+        )
     local_gpus = [d for d in here.devices if d.device != "CPU"]
     placement = here.placement
     n_local = shape.n_layers - total
@@ -1056,9 +1064,11 @@ def _dense_remote_plan(
     if not result.runs or result.gpu_bytes == 0:
         return None
     local_experts = [i for i in expert_layer_order(shape) if i not in set(result.gpu_expert_layers)]
-    link = (len(local_experts) + 1) * _visit_seconds(remote, shape)
+    link = (len(local_experts) + 1) * visit_seconds(remote, shape, settings)
     link += shape.n_vocab * ACTIVATION_BYTES / (remote.transfer_bps or DEFAULT_LINK_BPS)
-    prompt_link = (len(local_experts) + 1) * _visit_seconds(remote, shape, settings.n_ubatch)
+    prompt_link = (len(local_experts) + 1) * visit_seconds(
+        remote, shape, settings, settings.n_ubatch
+    )
     devices = tuple(replace(d, remote=True) if d.device == remote.engine_device else d
                     for d in result.devices)  # fmt: skip
     return replace(

@@ -25,7 +25,7 @@ case "$variant" in
   vulkan) backend_args="-DGGML_VULKAN=on" ;;
   *) echo "unknown engine variant '$variant' (cpu, metal, cuda or vulkan)" >&2; exit 2 ;;
 esac
-cmake_args="-DGGML_NATIVE=OFF -DLLAVA_BUILD=OFF $backend_args ${EXTRA_CMAKE_ARGS:-}"
+cmake_args="-DGGML_NATIVE=OFF -DGGML_RPC=ON -DLLAVA_BUILD=OFF $backend_args ${EXTRA_CMAKE_ARGS:-}"
 cmake_args="$(echo "$cmake_args" | xargs)"  # tidy spaces: the stamp compares exact text
 
 out="build/engine/$variant"

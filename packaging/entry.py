@@ -28,7 +28,12 @@ if len(sys.argv) > 2 and sys.argv[1] == "-m" and sys.argv[2].startswith("engine.
     runpy.run_module(module, run_name="__main__", alter_sys=True)
     sys.exit(0)
 
-if "--self-test" in sys.argv or "--version" in sys.argv or "--help" in sys.argv:
+if (
+    sys.argv[1:2] in (["serve"], ["worker"])  # the headless commands print to the console
+    or "--self-test" in sys.argv
+    or "--version" in sys.argv
+    or "--help" in sys.argv
+):
     _attach_windows_console()
 
 from app.main import main  # noqa: E402

@@ -95,6 +95,28 @@ else
   skip "curl is not installed: the bundled API was not called"
 fi
 
+step "the bundle lends this computer (moe-chat worker), its self-test uses it, SIGTERM stops it"
+worker_log="$logs/worker.txt" worker_test="$logs/self-test-workers.txt"
+port="$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+env -i HOME="$work/home-worker" PATH=/usr/bin:/bin "$bundle/moe-chat" worker --port "$port" \
+  --device CPU --threads 1 >"$worker_log" 2>&1 &
+worker_pid=$!
+for _ in $(seq 300); do
+  grep -q "Press Ctrl+C" "$worker_log" && break
+  kill -0 "$worker_pid" 2>/dev/null || { cat "$worker_log"; fail "moe-chat worker exited"; }
+  sleep 0.1
+done
+grep -q "no authentication and no encryption" "$worker_log" || fail "the worker gave no warning"
+if ! env -i HOME="$work/home-workers" PATH=/usr/bin:/bin "$bundle/moe-chat" --self-test \
+    --workers "127.0.0.1:$port" >"$worker_test" 2>&1; then
+  cat "$worker_test" "$worker_log"; kill "$worker_pid"; fail "the self-test with a worker failed"
+fi
+kill -TERM "$worker_pid"
+wait "$worker_pid" || { cat "$worker_log"; fail "moe-chat worker did not stop cleanly"; }
+grep "^placed on" "$worker_test"
+grep -q "^placed on RPC0\[127.0.0.1:$port\]: " "$worker_test" || fail "nothing was placed on the worker"
+grep -q "^Worker stopped." "$worker_log" || fail "moe-chat worker did not say it stopped"
+
 step "self-test of the .deb, extracted with dpkg-deb -x"
 root="$work/deb-root"
 dpkg-deb -x "$deb" "$root"

@@ -67,11 +67,12 @@ def test_a_model_too_big_for_the_laptop_runs_with_another_computers_ram() -> Non
     remote_layers = int(count) - 1
     assert f"{shape.n_layers - remote_layers} here, {remote_layers} on 127.0.0.2" in placement.label
     assert there.weights == sum(shape.layer_bytes(i) for i in range(remote_layers))
-    # One visit per token: a round trip plus the activations both ways.
+    # One visit per token: a round trip, the activations both ways, the attention mask there
+    # (half the context's cells).
     assert pooled.link_s_per_token == pytest.approx(
-        0.3e-3 + 2 * shape.n_embd * ACTIVATION_BYTES / 117e6
+        0.3e-3 + (2 * shape.n_embd + Settings().n_ctx // 2) * ACTIVATION_BYTES / 117e6
     )
-    assert "network takes 0.4 ms per token" in pooled.summary()
+    assert "network takes 0.5 ms per token" in pooled.summary()
     assert pooled.decode_tokens_per_s >= Settings().min_tokens_per_s
 
 
@@ -126,7 +127,7 @@ def test_with_a_fast_link_the_dense_part_goes_to_a_remote_gpu_and_pays_a_visit_p
     assert result.placement.devices == ("RPC0[127.0.0.2:50052]",)
     assert "expert layers in RAM" in result.placement.label
     experts_here = shape.n_layers - len(result.gpu_expert_layers)
-    visit = 0.02e-3 + 2 * shape.n_embd * ACTIVATION_BYTES / 1250e6
+    visit = 0.02e-3 + (2 * shape.n_embd + Settings().n_ctx // 2) * ACTIVATION_BYTES / 1250e6
     logits = shape.n_vocab * ACTIVATION_BYTES / 1250e6
     assert result.link_s_per_token == pytest.approx((experts_here + 1) * visit + logits)
     assert result.decode_tokens_per_s > lan.decode_tokens_per_s > alone.decode_tokens_per_s
