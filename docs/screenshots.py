@@ -1,4 +1,5 @@
-"""Takes the chat and Experts screenshots in docs/: the real windows, in light and dark.
+"""Takes the chat, Experts and Settings → Computers screenshots in docs/: the real windows, in
+light and dark.
 
 Run under Xvfb from the repository root, after the README's test command (docs/screenshot.sh
 does both):
@@ -113,8 +114,37 @@ def main() -> None:
         wait(300)
         experts.grab().save(str(ROOT / "docs" / f"experts-panel-{theme}.png"))
         print(f"wrote docs/experts-panel-{theme}.png")
+    computers_page(app, window, store)
     window.close()
     store.close()
+
+
+def computers_page(app: QApplication, window: object, store: object) -> None:
+    """Settings → Computers with a real ``moe-chat worker`` on 127.0.0.2, tested, and one
+    remembered computer where no worker runs (127.0.0.3)."""
+    from app.theme import apply_theme
+    from engine.computers import Computer, save_computers
+    from tests.helpers.rpc_server import start_worker, stop_worker
+
+    worker = start_worker("127.0.0.2")
+    try:
+        save_computers(store, [Computer("127.0.0.3:50052")])  # type: ignore[arg-type]
+        dialog = window.open_settings()  # type: ignore[attr-defined]
+        dialog.tabs.setCurrentWidget(dialog.computers)
+        loop = QEventLoop()
+        dialog.computers.tested.connect(lambda _e: loop.quit())
+        dialog.computers.address.setText(worker.endpoint)
+        dialog.computers.add()
+        loop.exec()
+        wait(2500)  # the other computer's check
+        for theme in ("light", "dark"):
+            apply_theme(app, theme)
+            wait(300)
+            dialog.grab().save(str(ROOT / "docs" / f"settings-computers-{theme}.png"))
+            print(f"wrote docs/settings-computers-{theme}.png")
+        dialog.close()
+    finally:
+        stop_worker(worker)
 
 
 if __name__ == "__main__":
