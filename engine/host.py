@@ -884,6 +884,7 @@ class _Child:
         self.profiling = False
         self.heat_sends = Throttle(HEAT_INTERVAL_S)
         self.progress_sent = -1.0
+        self.alive_checked: set[str] = set()  # workers whose connections still need keepalive
 
     def send(self, event: object) -> None:
         with self.send_lock:
@@ -950,6 +951,7 @@ class _Child:
         self.progress_sent = -1.0
         try:
             remotes, left_out = self.connect(command.workers)
+            self.alive_checked = {r.endpoint for r in remotes}  # see on_progress
             session, choice = open_planned(
                 command.path,
                 LoadSettings(n_ctx=command.n_ctx),
@@ -962,6 +964,7 @@ class _Child:
             self.send(LoadFailed(user_message(exc)))
             return
         self.session, self.loaded = session, command
+        self.keep_workers_alive()
         if self.profiling:
             self.start_profiling()
         from engine.heat import model_key
@@ -1010,7 +1013,17 @@ class _Child:
 
         return connect(workers)
 
+    def keep_workers_alive(self) -> None:
+        """Keepalive on the engine's connections to the workers in use, once they exist
+        (the weights' buffers hold them), so that one whose computer vanishes mid-reply or
+        mid-load ends this process within seconds instead of hanging it."""
+        from engine.rpc import keep_alive
+
+        if self.alive_checked and keep_alive(sorted(self.alive_checked)) >= len(self.alive_checked):
+            self.alive_checked = set()
+
     def on_progress(self, fraction: float) -> bool:
+        self.keep_workers_alive()
         if fraction - self.progress_sent >= 0.01 or fraction >= 1.0:
             self.progress_sent = fraction
             self.send(LoadProgressed(fraction))

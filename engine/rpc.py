@@ -11,6 +11,10 @@ Three things the engine's RPC client does not do, done here:
   message (command 14, HELLO) itself, with a timeout, before the engine connects.
 * **Version checks with a reason.** ``hello`` reads the server's protocol version and
   refuses one this engine cannot talk to, saying which.
+* **Noticing a computer that vanished.** The client waits forever on a worker whose
+  computer went off the network mid-reply. ``keep_alive`` turns on TCP keepalive and a
+  user timeout on the engine's connections, so the kernel fails them within seconds and
+  the engine's process stops (the model host then names the computer).
 * **What a device is.** The client sees every remote device as a "GPU" named ``RPC<n>``
   with the endpoint as its description, and a remote CPU reports all of its RAM as free.
   A MoE Chat worker also answers ``GET /`` on the next port (``port + 1``) with a JSON
@@ -35,7 +39,7 @@ import socket
 import struct
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, NamedTuple, TextIO
@@ -286,6 +290,65 @@ def connect(
         for device in remote_devices(endpoint, card, memory):
             found.append(_with_link(device, link.latency_s, link.upload_bps, link.download_bps))
     return tuple(found), tuple(notes)
+
+
+# A connection to a worker whose computer stopped answering fails after about this long.
+KEEPALIVE_IDLE_S, KEEPALIVE_INTERVAL_S, KEEPALIVE_COUNT = 5, 2, 4
+USER_TIMEOUT_MS = 15_000  # sent data unacknowledged this long: the link is gone
+
+
+def connections_to(endpoints: Sequence[str]) -> Iterator[socket.socket]:
+    """This process's TCP connections to ``endpoints`` (the engine's own RPC sockets among
+    them), each a duplicate closed when the caller moves on. Linux only: found through
+    /proc/self/fd; elsewhere none."""
+    wanted = set()
+    for text in endpoints:
+        endpoint = parse_endpoint(text)
+        with contextlib.suppress(OSError):
+            for info in socket.getaddrinfo(endpoint.host, endpoint.port, socket.AF_INET):
+                wanted.add(info[4][:2])
+    if not wanted or not os.path.isdir("/proc/self/fd"):
+        return
+    for name in os.listdir("/proc/self/fd"):
+        try:
+            copy = os.dup(int(name))
+        except OSError:
+            continue  # closed meanwhile (the listing's own descriptor)
+        try:
+            sock = socket.socket(fileno=copy)
+        except OSError:
+            os.close(copy)
+            continue  # not a socket
+        with sock:
+            try:
+                if sock.type == socket.SOCK_STREAM and sock.getpeername()[:2] in wanted:
+                    yield sock
+            except OSError:
+                continue  # not connected
+
+
+def keep_alive(endpoints: Sequence[str]) -> int:
+    """Turn on keepalive probes and a user timeout on this process's connections to
+    ``endpoints``; returns how many (0 where the platform cannot, see ``connections_to``).
+
+    A live worker answers the probes from its kernel even while it computes for minutes,
+    so only a worker whose computer is unreachable is cut off. The engine holds a
+    connection only while a buffer or backend there needs it: call this once the model's
+    weights are being placed (and again after a reload).
+    """
+    if not hasattr(socket, "TCP_KEEPIDLE"):
+        return 0
+    count = 0
+    for sock in connections_to(endpoints):
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE, KEEPALIVE_IDLE_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPINTVL, KEEPALIVE_INTERVAL_S)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPCNT, KEEPALIVE_COUNT)
+            if hasattr(socket, "TCP_USER_TIMEOUT"):
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT, USER_TIMEOUT_MS)
+            count += 1
+    return count
 
 
 def _with_link(device: RemoteDevice, latency: float, up: float, down: float) -> RemoteDevice:

@@ -4,21 +4,28 @@ from __future__ import annotations
 
 import signal
 import socket
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
+from engine.placement import Placement
 from engine.rpc import (
     DEFAULT_PORT,
     PROTOCOL,
+    USER_TIMEOUT_MS,
     Endpoint,
     WorkerError,
     check_worker,
+    connections_to,
     fetch_card,
     hello,
+    keep_alive,
     listen_address,
     parse_endpoint,
 )
+from engine.session import Session
 from tests.helpers.rpc_server import (
     old_protocol_server,
     running_worker,
@@ -150,3 +157,23 @@ def test_an_unreachable_worker_says_so() -> None:
         port = sock.getsockname()[1]  # bound, never listening
         with pytest.raises(WorkerError, match="could not be reached"):
             hello(Endpoint("127.0.0.1", port), timeout=1)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="found through /proc (Linux)")
+def test_the_engines_connection_to_a_worker_in_use_gets_keepalive_and_a_user_timeout(
+    synthetic_model: Path, rpc_device: str
+) -> None:
+    """So that a worker whose computer vanishes mid-reply ends the engine's process in
+    seconds (the model host then names it) instead of leaving the reply hanging."""
+    endpoint = rpc_device[rpc_device.index("[") + 1 : -1]
+    with Session(synthetic_model, Placement(n_gpu_layers=-1, use_mmap=False)):
+        assert keep_alive([endpoint]) >= 1
+        options = [
+            (
+                sock.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_USER_TIMEOUT),
+            )
+            for sock in connections_to([endpoint])
+        ]
+    assert options and all(alive and timeout == USER_TIMEOUT_MS for alive, timeout in options)
+    assert keep_alive(["127.0.0.3:1"]) == 0  # no connection there: nothing touched
