@@ -86,6 +86,21 @@ class _EngineLibraries:
         raise AttributeError(f"the engine's libraries export no {name}")
 
 
+HOT_EXPERTS_ENV = "LLAMA_HOT_EXPERTS"  # read by the hot-experts variant when a model loads
+
+
+def hot_experts_counter() -> Any | None:
+    """``llama_model_n_expert_hot(model, layer)`` of an engine built with
+    packaging/hot-experts.patch (``packaging/build_engine.sh cpu hot``), or None: a stock
+    engine keeps all of a layer's experts in one tensor and cannot split them."""
+    lib = llama_cpp()._lib
+    function = getattr(lib, "llama_model_n_expert_hot", None)
+    if function is not None:
+        function.argtypes = [ctypes.c_void_p, ctypes.c_int32]
+        function.restype = ctypes.c_int32
+    return function
+
+
 def ggml() -> Any:
     """The engine's libraries, with ggml's backend-device and tensor functions declared."""
     global _ggml

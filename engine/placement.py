@@ -10,6 +10,7 @@ from typing import Any
 # never match.
 EXPERT_KINDS = ("gate_up", "gate", "up", "down")
 EXPERT_TENSORS = rf"\.ffn_({'|'.join(EXPERT_KINDS)})_exps\."  # group 1: the kind
+HOT_EXPERT_TENSORS = rf"\.ffn_({'|'.join(EXPERT_KINDS)})_hot_exps\."  # a hot split's part
 
 
 def expert_layers_pattern(layers: list[int] | range) -> str:
@@ -57,6 +58,10 @@ class Placement:
     # block of whole layers on another computer is one entry of each.
     devices: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()
+    # Hot experts per layer (an engine that can split, engine.devices.hot_split_supported):
+    # each layer's first n routed experts in tensors of their own, ``…_hot_exps`` (matched by
+    # HOT_EXPERT_TENSORS), which rules can place apart from the layer's other experts.
+    hot_experts: tuple[int, ...] = ()
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> Placement:
@@ -73,6 +78,7 @@ class Placement:
             partial_gpu_share=float(raw.get("partial_gpu_share", 0.0)),
             devices=tuple(str(d) for d in raw.get("devices", ())),
             tensor_split=tuple(float(x) for x in raw.get("tensor_split", ())),
+            hot_experts=tuple(int(n) for n in raw.get("hot_experts", ())),
         )
 
     @classmethod

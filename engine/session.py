@@ -40,7 +40,7 @@ from engine.devices import DeviceList, TensorOverrides, list_devices
 from engine.errors import GenerationError, ModelLoadError
 from engine.gguf_file import GGUFInfo, read_gguf
 from engine.heat import HeatProfile, RoutingCapture
-from engine.native import llama_cpp
+from engine.native import HOT_EXPERTS_ENV, hot_experts_counter, llama_cpp
 from engine.placement import Placement
 from engine.units import format_bytes
 
@@ -220,6 +220,7 @@ class Session:
         self._model: Any = None
         self._ctx: Any = None
         self._cached: list[int] = []  # tokens whose keys/values are in the context's memory
+        self.hot_experts: tuple[int, ...] = ()  # each layer's experts in its hot tensors
         if not dry_run:
             self._check_fits()
         self._load(on_progress)
@@ -275,11 +276,12 @@ class Session:
             self._progress_cb = ll.llama_progress_callback(progress)
             params.progress_callback = self._progress_cb
 
-        with engine_log.capture() as lines:
+        with engine_log.capture() as lines, _hot_experts(self.placement.hot_experts):
             model = ll.llama_model_load_from_file(str(self.path).encode("utf-8"), params)
             if not model:
                 raise self._load_error(lines, "the model")
             self._model = model
+            self.hot_experts = _split_done(model, self.placement.hot_experts)
             self._vocab = ll.llama_model_get_vocab(model)
             self._make_context(lines)
         self.load_report = engine_log.parse_load_log(lines)
@@ -770,3 +772,36 @@ class Session:
     def __del__(self) -> None:
         with contextlib.suppress(Exception):  # at interpreter exit the bindings may be gone
             self.close()
+
+
+@contextlib.contextmanager
+def _hot_experts(counts: tuple[int, ...]) -> Iterator[None]:
+    """The hot-experts variant reads each layer's hot count from the environment while the
+    model loads (packaging/HOT-EXPERTS.md); a stock engine cannot split and says so here."""
+    if not any(counts):
+        yield
+        return
+    if hot_experts_counter() is None:
+        raise ModelLoadError(
+            "This engine keeps all of a layer's experts in one tensor, so it cannot put a "
+            "layer's hot experts on a GPU apart from the rest.",
+            "Use layer placement, or build the hot-experts engine: "
+            "bash packaging/build_engine.sh cpu hot",
+        )
+    previous = os.environ.get(HOT_EXPERTS_ENV)
+    os.environ[HOT_EXPERTS_ENV] = ",".join(str(n) for n in counts)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop(HOT_EXPERTS_ENV, None)
+        else:
+            os.environ[HOT_EXPERTS_ENV] = previous
+
+
+def _split_done(model: Any, counts: tuple[int, ...]) -> tuple[int, ...]:
+    """Each layer's hot experts as the engine made them (empty when none were asked for)."""
+    counter = hot_experts_counter() if any(counts) else None
+    if counter is None:
+        return ()
+    return tuple(int(counter(model, layer)) for layer in range(len(counts)))
