@@ -369,6 +369,60 @@ def read_shares(
     return ReadShares(on_gpu / float(total), hottest / float(total))
 
 
+@dataclass(frozen=True)
+class HotSets:
+    """How many of each layer's hottest experts to keep in VRAM (the hot-experts engine)."""
+
+    per_layer: tuple[int, ...]  # h for each layer (experts 0..h-1 once the file is heat-ordered)
+    bytes: int  # what they take
+    share: float  # c(h): the share of counted expert reads they serve
+    held_out: float | None  # the same for tokens the choice was not made from
+
+
+def choose_hot_sets(
+    counts: np.ndarray,
+    expert_bytes: Sequence[int],
+    budget: int,
+    held_out: np.ndarray | None = None,
+) -> HotSets:
+    """The hot set per layer that serves the most counted reads within ``budget`` bytes.
+
+    ``counts`` is layers x experts (the routing heat the choice is made from),
+    ``expert_bytes[layer]`` one expert's weights in that layer. Each layer's curve c(h) is
+    concave (experts by falling heat), so taking the next-hottest expert of whichever layer
+    gains the most reads per byte is optimal up to the last expert that fits. ``held_out``
+    (counts of other tokens) checks the choice: the share it serves there, with the hottest
+    ranked by ``counts``, as a real hot set is.
+    """
+    table = np.asarray(counts, np.float64)
+    n_layers, n_experts = table.shape
+    ranked = -np.sort(-table, axis=1)
+    total = float(table.sum())
+    hot = [0] * n_layers
+    used = 0
+    while True:
+        best, best_gain = -1, -1.0  # an expert never counted still goes in, after the rest
+        for layer in range(n_layers):
+            h, size = hot[layer], int(expert_bytes[layer])
+            if h >= n_experts or size <= 0 or used + size > budget:
+                continue
+            gain = ranked[layer, h] / size
+            if gain > best_gain:
+                best, best_gain = layer, gain
+        if best < 0:
+            break
+        hot[best] += 1
+        used += int(expert_bytes[best])
+    served = sum(float(ranked[layer, : hot[layer]].sum()) for layer in range(n_layers))
+    check = None
+    if held_out is not None:
+        other = np.asarray(held_out, np.float64)
+        order = np.argsort(-table, axis=1, kind="stable")
+        kept = sum(float(other[i, order[i, : hot[i]]].sum()) for i in range(n_layers))
+        check = kept / float(other.sum()) if other.sum() > 0 else None
+    return HotSets(tuple(hot), used, served / total if total > 0 else 0.0, check)
+
+
 def profile_for(path: str | Path, n_layers: int, n_experts: int, n_used: int) -> HeatProfile:
     """The saved profile of this model file, or a new empty one."""
     key = model_key(path)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +12,7 @@ from engine.heat import (
     MAX_BLOCKS,
     HeatProfile,
     ReadShares,
+    choose_hot_sets,
     coverage_curve,
     experts_kept,
     gpu_layer_order,
@@ -166,3 +168,55 @@ def test_flattest_layers_go_to_the_gpu_first() -> None:
     counts[2] = [40, 40, 10, 10, 0, 0, 0, 0]
     # layer 3 never counted
     assert gpu_layer_order(counts, n_used=2, batch_tokens=64) == (1, 2, 0)
+
+
+def test_hot_sets_take_the_most_reads_per_byte_within_the_budget() -> None:
+    counts = np.array([[10, 1, 1, 0], [4, 4, 4, 4]])  # 28 reads
+    chosen = choose_hot_sets(counts, [100, 100], budget=300)
+    assert chosen.per_layer == (1, 2) and chosen.bytes == 300  # 10, then 4 and 4
+    assert chosen.share == pytest.approx(18 / 28)
+    assert choose_hot_sets(counts, [100, 100], budget=99).per_layer == (0, 0)
+    assert choose_hot_sets(counts, [100, 100], budget=10**6).per_layer == (4, 4)
+    # layer 1's experts cost twice as much: 4 reads for 200 bytes still beat 1 for 100
+    assert choose_hot_sets(counts, [100, 200], budget=300).per_layer == (1, 1)
+    assert choose_hot_sets(counts, [100, 500], budget=300).per_layer == (3, 0)
+
+
+def test_hot_sets_are_the_best_split_of_the_budget() -> None:
+    rng = np.random.default_rng(7)
+    counts = rng.zipf(1.6, size=(3, 6)).astype(np.int64)
+    size, budget = 50, 50 * 7
+    chosen = choose_hot_sets(counts, [size] * 3, budget)
+    ranked = -np.sort(-counts, axis=1)
+    best = max(
+        sum(ranked[layer, :h].sum() for layer, h in enumerate(split))
+        for split in itertools.product(range(7), repeat=3)
+        if sum(split) * size <= budget
+    )
+    assert chosen.share == pytest.approx(best / counts.sum())
+
+
+def test_hot_sets_are_checked_on_tokens_they_were_not_chosen_from() -> None:
+    first = np.array([[9, 1, 0, 0], [5, 5, 0, 0]])
+    same = choose_hot_sets(first, [1, 1], budget=2, held_out=first)
+    assert same.held_out == pytest.approx(same.share)
+    moved = choose_hot_sets(
+        first, [1, 1], budget=2, held_out=np.array([[0, 1, 9, 0], [0, 0, 5, 5]])
+    )
+    assert moved.per_layer == (1, 1) and moved.held_out == pytest.approx(0 / 20)
+
+
+def test_hot_sets_from_real_routing_hold_on_held_out_tokens(graded_model: Path) -> None:
+    with Session(graded_model) as session:
+        heat = profile_for(session)
+        session.set_heat(heat)
+        session.chat(PROMPT, SamplingSettings(seed=1, max_tokens=200))
+    first, second = heat.halves()
+    n_layers, n_experts = first.shape
+    quarter = n_layers * n_experts // 4  # VRAM for a quarter of the experts
+    chosen = choose_hot_sets(first, [1] * n_layers, budget=quarter, held_out=second)
+    assert sum(chosen.per_layer) == quarter
+    assert chosen.held_out is not None
+    # the router prefers low ids: a quarter of the experts serve well over a quarter of the
+    # reads, on the tokens the choice was made from and on the others
+    assert chosen.share > 0.4 and chosen.held_out > 0.4, chosen
