@@ -384,6 +384,7 @@ def choose_hot_sets(
     expert_bytes: Sequence[int],
     budget: int,
     held_out: np.ndarray | None = None,
+    positional: bool = False,
 ) -> HotSets:
     """The hot set per layer that serves the most counted reads within ``budget`` bytes.
 
@@ -393,10 +394,13 @@ def choose_hot_sets(
     gains the most reads per byte is optimal up to the last expert that fits. ``held_out``
     (counts of other tokens) checks the choice: the share it serves there, with the hottest
     ranked by ``counts``, as a real hot set is.
+
+    ``positional``: the hot set of a layer is its first h experts, as the engine takes them
+    from a heat-ordered file, whatever ``counts`` says of them (counted after the ordering).
     """
     table = np.asarray(counts, np.float64)
     n_layers, n_experts = table.shape
-    ranked = -np.sort(-table, axis=1)
+    ranked = table if positional else -np.sort(-table, axis=1)
     total = float(table.sum())
     hot = [0] * n_layers
     used = 0
@@ -417,7 +421,11 @@ def choose_hot_sets(
     check = None
     if held_out is not None:
         other = np.asarray(held_out, np.float64)
-        order = np.argsort(-table, axis=1, kind="stable")
+        order = (
+            np.tile(np.arange(n_experts), (n_layers, 1))
+            if positional
+            else np.argsort(-table, axis=1, kind="stable")
+        )
         kept = sum(float(other[i, order[i, : hot[i]]].sum()) for i in range(n_layers))
         check = kept / float(other.sum()) if other.sum() > 0 else None
     return HotSets(tuple(hot), used, served / total if total > 0 else 0.0, check)

@@ -29,12 +29,16 @@ from enum import Enum
 from itertools import combinations
 from typing import NamedTuple
 
+import numpy as np
+
 from engine.catalog import BITS_PER_WEIGHT, CatalogModel, CatalogQuant
 from engine.context_memory import KV_PAD, ContextMemory
 from engine.gguf_file import GGUFInfo, Role
 from engine.hardware import GPUInfo, MachineProfile, RemoteDevice
+from engine.heat import choose_hot_sets
 from engine.placement import (
     EXPERT_TENSORS,
+    HOT_EXPERT_TENSORS,
     Placement,
     TensorRule,
     expert_layers_pattern,
@@ -352,6 +356,7 @@ class Plan:
     missing_bytes: int = 0
     notes: tuple[str, ...] = field(default_factory=tuple)
     link_s_per_token: float = 0.0  # what the network adds to each token (other computers)
+    hot_share: float | None = None  # f of a per-expert hot set, from measured heat
 
     @property
     def runs(self) -> bool:
@@ -377,7 +382,10 @@ class Plan:
 
     @property
     def expert_share_on_gpu(self) -> float:
-        """f: share of expert reads served from VRAM (layer placement, uniform routing)."""
+        """f: share of expert reads served from VRAM (layer placement, uniform routing; a hot
+        set: its measured share)."""
+        if self.hot_share is not None:
+            return self.hot_share
         total = self.shape.expert_bytes
         on_gpu: float = sum(self.shape.expert_bytes_per_layer[i] for i in self.gpu_expert_layers)
         partial = self.placement.partial_expert_layer
@@ -646,6 +654,97 @@ def _plan_gpu(
         prompt_tokens_per_s=_gpu_prompt_speed(
             shape, machine, settings, gpus, in_ram, cpu_expert_bytes, use_mmap
         ),
+    )
+
+
+def plan_hot_experts(
+    shape: ModelShape,
+    machine: MachineProfile,
+    settings: Settings,
+    counts: np.ndarray,
+    held_out: np.ndarray | None = None,
+) -> Plan | None:
+    """The always-read weights, KV cache and compute on the first GPU, and in the VRAM left
+    each layer's hottest experts (the hot-experts engine, packaging/HOT-EXPERTS.md); the
+    other experts in RAM. None without a GPU, or when nothing is left for experts.
+
+    ``counts`` (layers x experts, engine.heat) are of a heat-ordered file, whose first h
+    experts of a layer are the ones the engine puts in its hot tensors. Decode reads the
+    share f of expert bytes from VRAM that the routing gives them: ``held_out``'s when
+    given (tokens the choice was not made from), else ``counts``'s own.
+    """
+    gpus = [g for g in machine.usable_gpus if g.memory_free]
+    if not gpus or shape.n_experts < 2:
+        return None
+    gpu = gpus[0]
+    n_ctx = min(settings.n_ctx, shape.context_length or settings.n_ctx)
+    kv = shape.kv_bytes(n_ctx, settings.kv_bytes_per_element, settings.n_ubatch)
+    gpu_kv = kv if settings.kv_on_gpu else 0
+    compute = compute_buffer_bytes(shape, settings)
+    budget = gpu_budget(gpu.memory_free or 0, settings)
+    room = budget - shape.gpu_always_bytes - gpu_kv - compute
+    per_expert = [size // shape.n_experts for size in shape.expert_bytes_per_layer]
+    if room < min(per_expert, default=0) or not any(per_expert):
+        return None
+    hot = choose_hot_sets(counts, per_expert, room, held_out, positional=True)
+    if not any(hot.per_layer):
+        return None
+    f = hot.held_out if hot.held_out is not None else hot.share
+    fill = min(n_ctx, TYPICAL_FILL)
+    kv_read = shape.kv_read_bytes(fill, settings.kv_bytes_per_element)
+    gpu_kv_read = kv_read if settings.kv_on_gpu else 0
+    expert_read = shape.expert_bytes * shape.read_share  # per token, all layers
+    cold = shape.expert_bytes - hot.bytes
+    gpu_plan = DevicePlan(
+        device=gpu.engine_device or gpu.name,
+        label=gpu.name,
+        weights=shape.gpu_always_bytes + hot.bytes,
+        kv_cache=gpu_kv,
+        compute=compute,
+        budget=budget,
+        bandwidth=gpu.bandwidth or DEFAULT_GPU_BANDWIDTH,
+        read_per_token=shape.gpu_always_bytes + gpu_kv_read + int(expert_read * f),
+    )
+    cpu = DevicePlan(
+        device="CPU",
+        label=machine.cpu_model or "CPU",
+        weights=shape.embedding_bytes + cold,
+        kv_cache=kv - gpu_kv,
+        compute=block_compute_bytes(shape, settings),
+        budget=ram_budget(machine, settings),
+        bandwidth=machine.ram_bandwidth or DEFAULT_RAM_BANDWIDTH,
+        read_per_token=int(expert_read * (1 - f)) + kv_read - gpu_kv_read,
+    )
+    if cpu.total > cpu.budget:
+        return None
+    use_mmap = settings.use_mmap
+    if use_mmap is None:  # as for layer placement: pinned when it is a small share of RAM
+        use_mmap = not (not gpu.unified_memory and cpu.total <= PINNED_RAM_SHARE * cpu.budget)
+    rules = [TensorRule(EXPERT_TENSORS, "CPU")]
+    if gpu.engine_device:
+        rules.insert(0, TensorRule(HOT_EXPERT_TENSORS, gpu.engine_device))
+    devices = [gpu_plan, cpu]
+    n_hot = sum(hot.per_layer)
+    return Plan(
+        shape=shape,
+        n_ctx=n_ctx,
+        verdict=Verdict.HYBRID,
+        placement=Placement(
+            n_gpu_layers=-1,
+            rules=tuple(rules),
+            use_mmap=use_mmap,
+            label=f"GPU, the hottest {n_hot} of {shape.n_experts * shape.n_layers} experts "
+            f"in VRAM ({f:.0%} of expert reads)",
+            offload_kv=settings.kv_on_gpu,
+            hot_experts=hot.per_layer,
+        ),
+        devices=tuple(devices),
+        gpu_expert_layers=(),
+        decode_tokens_per_s=_gpu_decode_speed(shape, settings, devices),
+        prompt_tokens_per_s=_gpu_prompt_speed(
+            shape, machine, settings, [gpu], True, cold, use_mmap
+        ),
+        hot_share=f,
     )
 
 
