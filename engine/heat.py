@@ -385,6 +385,7 @@ def choose_hot_sets(
     budget: int,
     held_out: np.ndarray | None = None,
     positional: bool = False,
+    most: int | None = None,
 ) -> HotSets:
     """The hot set per layer that serves the most counted reads within ``budget`` bytes.
 
@@ -397,10 +398,12 @@ def choose_hot_sets(
 
     ``positional``: the hot set of a layer is its first h experts, as the engine takes them
     from a heat-ordered file, whatever ``counts`` says of them (counted after the ordering).
+    ``most``: at most this many experts of a layer (the engine splits only h < E).
     """
     table = np.asarray(counts, np.float64)
     n_layers, n_experts = table.shape
     ranked = table if positional else -np.sort(-table, axis=1)
+    cap = n_experts if most is None else min(n_experts, most)
     total = float(table.sum())
     hot = [0] * n_layers
     used = 0
@@ -408,7 +411,7 @@ def choose_hot_sets(
         best, best_gain = -1, -1.0  # an expert never counted still goes in, after the rest
         for layer in range(n_layers):
             h, size = hot[layer], int(expert_bytes[layer])
-            if h >= n_experts or size <= 0 or used + size > budget:
+            if h >= cap or size <= 0 or used + size > budget:
                 continue
             gain = ranked[layer, h] / size
             if gain > best_gain:

@@ -686,7 +686,11 @@ def plan_hot_experts(
     per_expert = [size // shape.n_experts for size in shape.expert_bytes_per_layer]
     if room < min(per_expert, default=0) or not any(per_expert):
         return None
-    hot = choose_hot_sets(counts, per_expert, room, held_out, positional=True)
+    # h < E: the engine splits a layer only short of all its experts (a whole layer on the
+    # GPU is layer placement's job)
+    hot = choose_hot_sets(
+        counts, per_expert, room, held_out, positional=True, most=shape.n_experts - 1
+    )
     if not any(hot.per_layer):
         return None
     f = hot.held_out if hot.held_out is not None else hot.share

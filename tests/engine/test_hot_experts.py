@@ -92,3 +92,25 @@ def test_an_engine_without_the_patch_says_it_cannot_split_a_layers_experts(
     assert "LLAMA_HOT_EXPERTS" not in os.environ
     with Session(synthetic_model, Placement(hot_experts=(0, 0, 0, 0))) as session:
         assert session.hot_experts == ()  # nothing asked: nothing split, on any engine
+
+
+def test_the_planners_hot_experts_placement_loads_as_planned(
+    hot_engine: Path, tmp_path: Path
+) -> None:
+    """engine.planner.plan_hot_experts for a small GPU (the RPC device), loaded: the engine
+    splits each layer as planned and holds the planned bytes on each device."""
+    spec = SyntheticSpec(n_embd=256, head_dim=64, expert_ffn=256, n_experts=N_EXPERTS)
+    model = build_arch_model(tmp_path / "qwen3moe.gguf", "qwen3moe", spec)
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.hot_check", "--plan", str(model), "0.02"],
+        cwd=ROOT,
+        env={**os.environ, "LLAMA_CPP_LIB_PATH": str(hot_engine)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    (run,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert run["hot"] == run["hot_experts"] and 0 < sum(run["hot"]) < spec.n_layers * N_EXPERTS
+    for device, planned in run["planned"].items():
+        assert run["weights"][device] == pytest.approx(planned, abs=LOG_STEP), device

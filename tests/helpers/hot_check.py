@@ -57,10 +57,45 @@ def hot_bytes(model: Path, counts: list[int]) -> int:
     return total
 
 
+def planned(model: Path, gpu_free_gib: float) -> int:
+    """``--plan``: the planner's hot-experts placement for a GPU (the RPC device) with this
+    much free memory and routing that falls off as 1/(id+1), loaded; prints what was planned
+    and what the engine placed on each device."""
+    from dataclasses import replace
+
+    import numpy as np
+
+    from engine.devices import add_rpc_server
+    from engine.hardware import detect
+    from engine.planner import ModelShape, Settings, plan_hot_experts
+    from tests.helpers.machines import gpu
+    from tests.helpers.rpc_server import running_server
+
+    info = read_gguf(model)
+    shape = ModelShape.from_gguf(info)
+    falling = 1000.0 / np.arange(1, info.n_experts + 1)
+    counts = np.tile(falling, (info.n_layers, 1))
+    with running_server() as endpoint:
+        (device,) = add_rpc_server(endpoint)
+        here = detect(engine=False, measure_bandwidth=False)
+        machine = replace(here, gpus=(gpu("RPC test device", gpu_free_gib, device.name),))
+        settings = Settings(n_ctx=512, gpu_margin=0)  # a test device: no driver to leave room for
+        plan = plan_hot_experts(shape, machine, settings, counts)
+        assert plan is not None, "no hot plan"
+        result = probe(model, plan.placement)
+        result["device"] = device.name
+        result["planned"] = {d.device: d.weights for d in plan.devices}
+        result["hot_experts"] = list(plan.placement.hot_experts)
+        print(json.dumps(result), flush=True)
+    return 0
+
+
 def main(argv: list[str]) -> int:
     from engine.devices import add_rpc_server
     from tests.helpers.rpc_server import running_server
 
+    if argv[0] == "--plan":
+        return planned(Path(argv[1]), float(argv[2]))
     model, sizes = Path(argv[0]), [int(h) for h in argv[1:]]
     n_layers = read_gguf(model).n_layers
     with running_server() as endpoint:
