@@ -58,7 +58,7 @@ class Placement:
     # block of whole layers on another computer is one entry of each.
     devices: tuple[str, ...] = ()
     tensor_split: tuple[float, ...] = ()
-    # Hot experts per layer (an engine that can split, engine.devices.hot_split_supported):
+    # Hot experts per layer (an engine that can split, engine.native.hot_experts_counter):
     # each layer's first n routed experts in tensors of their own, ``…_hot_exps`` (matched by
     # HOT_EXPERT_TENSORS), which rules can place apart from the layer's other experts.
     hot_experts: tuple[int, ...] = ()

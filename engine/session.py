@@ -777,11 +777,9 @@ class Session:
 @contextlib.contextmanager
 def _hot_experts(counts: tuple[int, ...]) -> Iterator[None]:
     """The hot-experts variant reads each layer's hot count from the environment while the
-    model loads (packaging/HOT-EXPERTS.md); a stock engine cannot split and says so here."""
-    if not any(counts):
-        yield
-        return
-    if hot_experts_counter() is None:
+    model loads (packaging/HOT-EXPERTS.md), so it is set to the placement's, or cleared,
+    for exactly that long; a stock engine cannot split and says so here."""
+    if any(counts) and hot_experts_counter() is None:
         raise ModelLoadError(
             "This engine keeps all of a layer's experts in one tensor, so it cannot put a "
             "layer's hot experts on a GPU apart from the rest.",
@@ -789,7 +787,10 @@ def _hot_experts(counts: tuple[int, ...]) -> Iterator[None]:
             "bash packaging/build_engine.sh cpu hot",
         )
     previous = os.environ.get(HOT_EXPERTS_ENV)
-    os.environ[HOT_EXPERTS_ENV] = ",".join(str(n) for n in counts)
+    if any(counts):
+        os.environ[HOT_EXPERTS_ENV] = ",".join(str(n) for n in counts)
+    else:
+        os.environ.pop(HOT_EXPERTS_ENV, None)
     try:
         yield
     finally:
