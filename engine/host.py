@@ -1023,9 +1023,9 @@ class _Child:
             self.alive_checked = set()
 
     def on_progress(self, fraction: float) -> bool:
-        self.keep_workers_alive()
         if fraction - self.progress_sent >= 0.01 or fraction >= 1.0:
             self.progress_sent = fraction
+            self.keep_workers_alive()  # at most once a percent: it resolves and lists sockets
             self.send(LoadProgressed(fraction))
         return not self.closing.is_set()
 

@@ -15,6 +15,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,6 +47,20 @@ def hot_engine() -> Path:
     return ROOT / "build" / "engine" / "cpu-hot" / "lib"
 
 
+def on_variant(hot_engine: Path, *args: str) -> list[dict[str, Any]]:
+    """``python -m tests.helpers.hot_check ARGS`` on the variant's libraries: its results."""
+    result = subprocess.run(
+        [sys.executable, "-m", "tests.helpers.hot_check", *args],
+        cwd=ROOT,
+        env={**os.environ, "LLAMA_CPP_LIB_PATH": str(hot_engine)},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+
+
 @pytest.mark.parametrize("arch", ["qwen3moe", "gpt-oss", "qwen2moe"])
 def test_hot_sets_give_the_stock_cpu_reply_and_put_exactly_the_hot_experts_on_the_device(
     arch: str, hot_engine: Path, tmp_path: Path
@@ -55,16 +70,7 @@ def test_hot_sets_give_the_stock_cpu_reply_and_put_exactly_the_hot_experts_on_th
                          n_experts_used=2, router_skew=0.0,
                          n_shared=1 if arch == "qwen2moe" else 0)  # fmt: skip
     model = build_arch_model(tmp_path / f"{arch}.gguf", arch, spec)
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.hot_check", str(model), *map(str, SIZES)],
-        cwd=ROOT,
-        env={**os.environ, "LLAMA_CPP_LIB_PATH": str(hot_engine)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    runs = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    runs = on_variant(hot_engine, str(model), *map(str, SIZES))
     assert [run["h"] for run in runs] == list(SIZES)
     # h = 0 is the unpatched path (nothing split: every expert multiplied as stock llama.cpp
     # does, all on this CPU) of the same build; the stock engine of this environment may be
@@ -101,16 +107,7 @@ def test_the_planners_hot_experts_placement_loads_as_planned(
     splits each layer as planned and holds the planned bytes on each device."""
     spec = SyntheticSpec(n_embd=256, head_dim=64, expert_ffn=256, n_experts=N_EXPERTS)
     model = build_arch_model(tmp_path / "qwen3moe.gguf", "qwen3moe", spec)
-    result = subprocess.run(
-        [sys.executable, "-m", "tests.helpers.hot_check", "--plan", str(model), "0.02"],
-        cwd=ROOT,
-        env={**os.environ, "LLAMA_CPP_LIB_PATH": str(hot_engine)},
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-    (run,) = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    (run,) = on_variant(hot_engine, "--plan", str(model), "0.02")
     assert run["hot"] == run["hot_experts"] and 0 < sum(run["hot"]) < spec.n_layers * N_EXPERTS
     for device, planned in run["planned"].items():
         assert run["weights"][device] == pytest.approx(planned, abs=LOG_STEP), device
