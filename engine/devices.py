@@ -17,7 +17,7 @@ from typing import Any
 
 from engine import package_version
 from engine.errors import ModelLoadError
-from engine.native import ggml, llama_cpp
+from engine.native import ggml, hot_experts_counter, llama_cpp
 from engine.placement import Placement
 
 DEVICE_KINDS = {0: "CPU", 1: "GPU", 2: "iGPU", 3: "ACCEL", 4: "META"}
@@ -127,6 +127,7 @@ class EngineBuild:
     version: str  # llama-cpp-python's
     backends: tuple[str, ...]  # compiled in, whether or not a device is present
     cpu_instruction_sets: tuple[str, ...]  # what the CPU code was compiled for
+    hot_experts: bool = False  # carries packaging/hot-experts.patch (engine.native)
 
     @property
     def accelerator(self) -> str | None:
@@ -136,9 +137,10 @@ class EngineBuild:
     def describe(self) -> str:
         kind = f"{self.accelerator} build" if self.accelerator else "CPU-only build"
         isas = ", ".join(self.cpu_instruction_sets) or "baseline"
+        split = "; splits hot experts" if self.hot_experts else ""
         return (
             f"llama.cpp via llama-cpp-python {self.version}: {kind} "
-            f"(backends {', '.join(self.backends)}; CPU code for {isas})"
+            f"(backends {', '.join(self.backends)}; CPU code for {isas}{split})"
         )
 
 
@@ -150,6 +152,7 @@ def engine_build() -> EngineBuild:
         version=package_version("llama-cpp-python"),
         backends=tuple(compiled_backends()),
         cpu_instruction_sets=parse_cpu_instruction_sets(info),
+        hot_experts=hot_experts_counter() is not None,
     )
 
 

@@ -23,6 +23,31 @@ def _share_here(path: Path, n_workers: int) -> int:
     return ram_for_layers(shape, Settings(n_ctx=2048), shape.n_layers // (n_workers + 1))
 
 
+def _check_split(path: Path) -> str:
+    """With the hot-experts engine: load ``path`` with half of each layer's experts split
+    into hot tensors (both halves on the CPU: the split's own graph path runs) and check
+    that the greedy reply equals the unsplit one. A sentence; raises MoeChatError if not."""
+    from engine.gguf_file import read_gguf
+    from engine.placement import Placement
+    from engine.session import SamplingSettings, Session
+
+    info = read_gguf(path)
+    half = (info.n_experts // 2,) * info.n_layers
+    question = [{"role": "user", "content": "hello"}]
+    replies = []
+    for hot in ((), half):
+        with Session(path, Placement(hot_experts=hot)) as session:
+            replies.append(session.chat(question, SamplingSettings.greedy(16)).text)
+            if session.hot_experts != hot:
+                raise MoeChatError(f"the engine split {session.hot_experts}, not {hot}")
+    if replies[0] != replies[1]:
+        raise MoeChatError(f"the split reply {replies[1]!r} differs from {replies[0]!r}")
+    return (
+        f"hot experts: {half[0]} of {info.n_experts} experts per layer split off, "
+        "same reply as unsplit"
+    )
+
+
 def run(out: TextIO = sys.stdout, workers: tuple[str, ...] = ()) -> int:
     """Build the synthetic MoE, load it, generate a short reply and print the stats.
 
@@ -50,7 +75,8 @@ def run(out: TextIO = sys.stdout, workers: tuple[str, ...] = ()) -> int:
         from engine.synthetic import build_synthetic_moe
 
         print(f"moe-chat {package_version()}, Python {platform.python_version()}", file=out)
-        print(f"engine: {engine_build().describe()}", file=out)
+        build = engine_build()
+        print(f"engine: {build.describe()}", file=out)
         devices = list_devices()
         print(f"engine devices: {', '.join(f'{d.name} ({d.kind})' for d in devices)}", file=out)
         # The app probes hardware in a child process (`python -m engine.hardware`); in an
@@ -64,6 +90,8 @@ def run(out: TextIO = sys.stdout, workers: tuple[str, ...] = ()) -> int:
                 print(f"worker {worker}:\n  " + check_worker(worker).summary().replace(
                     "\n", "\n  "), file=out)  # fmt: skip
             path = build_synthetic_moe(Path(tmp) / "synthetic-moe.gguf")
+            if build.hot_experts:
+                print(_check_split(path), file=out)
             limit = _share_here(path, len(workers)) if workers else None
             # The model runs where the app runs it: in the host's child process.
             with ModelHost() as host:

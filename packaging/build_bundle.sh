@@ -6,14 +6,16 @@
 #
 # A virtual environment of its own (build/venv-<variant>) holds the app, its runtime
 # dependencies, the engine wheel of that variant (packaging/build_engine.sh) and PyInstaller;
-# no test tools. Runs on Linux, macOS and Windows (Git Bash); Python >= 3.11.
+# no test tools. The engine is the hot-experts build (packaging/HOT-EXPERTS.md): without a
+# split asked for at load it runs llama.cpp's own code, and the app can use it to put each
+# layer's hottest experts on the GPU. Runs on Linux, macOS and Windows (Git Bash); Python >= 3.11.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 variant="${1:-cpu}"
 python="${PYTHON:-python3}"
-bash packaging/build_engine.sh "$variant"
-wheel="$(ls build/engine/"$variant"/llama_cpp_python-*.whl)"
+bash packaging/build_engine.sh "$variant" hot
+wheel="$(ls build/engine/"$variant"-hot/llama_cpp_python-*.whl)"
 
 venv="build/venv-$variant"
 [[ -d "$venv" ]] || "$python" -m venv "$venv"

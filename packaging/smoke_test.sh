@@ -63,6 +63,9 @@ self_test() {  # self_test LABEL PROGRAM
   cat "$out"
   grep -q "^reply: '..*'" "$out" || fail "$1: the self-test printed no reply"
   grep -q "tokens/s" "$out" || fail "$1: the self-test printed no tokens/s"
+  # installers ship the hot-experts engine (packaging/build_bundle.sh): it must split
+  grep -q "^hot experts: .* same reply as unsplit" "$out" \
+    || fail "$1: the engine did not split a layer's experts (not the hot-experts build?)"
 }
 
 step "self-test of the bundle (env -i)"
