@@ -121,6 +121,8 @@ class MachineProfile:
     disk_free: int | None
     notes: tuple[str, ...] = field(default_factory=tuple)
     remotes: tuple[RemoteDevice, ...] = ()  # what other computers lend (Settings → Computers)
+    # the engine can put a layer's hot experts apart from the rest (packaging/HOT-EXPERTS.md)
+    splits_experts: bool = False
 
     @property
     def usable_gpus(self) -> tuple[GPUInfo, ...]:
@@ -177,6 +179,7 @@ def engine_view() -> dict[str, Any]:
         "backends": list(build.backends),
         "devices": [asdict(d) for d in list_devices()],
         "cpu_features": sorted(name.lower() for name in build.cpu_instruction_sets),
+        "hot_experts": build.hot_experts,
     }
 
 
@@ -442,6 +445,7 @@ def detect(
         disk_free=_disk_free(models_dir or paths.models_dir()),
         notes=tuple(notes),
         remotes=tuple(remotes),
+        splits_experts=bool(probed.get("hot_experts")) if probed else False,
     )
 
 

@@ -70,6 +70,12 @@ DEFAULT_GPU_BANDWIDTH = 300e9  # an unknown GPU: assume a mid-range card, say so
 DEFAULT_RAM_BANDWIDTH = 40e9  # no probe: two channels of DDR4/DDR5, roughly
 TOKEN_OVERHEAD_S = 200e-6  # sampling, graph building, our loop: measured on tiny models
 TYPICAL_FILL = 2048  # tokens of context a typical decode step reads
+# The hot experts' layout replaces layer placement when it decodes at least HOT_MIN_GAIN
+# faster (its split adds a second matmul and a mask per expert tensor, which the speed model
+# does not count, and which no GPU has measured yet) and its prompts keep at least
+# HOT_PROMPT_KEEP of layer placement's speed.
+HOT_MIN_GAIN = 0.05
+HOT_PROMPT_KEEP = 0.95
 UNKNOWN_VOCAB = 152_064  # before download: as large as common vocabularies (Qwen's), to be safe
 
 
@@ -321,6 +327,40 @@ class Settings:
     # host), but prompt batches can no longer copy them to the GPU, so prompts get slow.
     no_host: bool = False
     ram_limit: int | None = None  # use at most this much of this computer's RAM (None: all free)
+    # Routing heat in the file's own expert order, given when the engine can split a layer's
+    # experts (engine.native.hot_experts_counter): plan() then weighs each layer's first
+    # experts in VRAM (plan_hot_experts) against layer placement and takes the faster.
+    hot_heat: HotHeat | None = field(default=None, compare=False)
+    # None: whichever is faster; True: the hot experts' layout when there is one; False:
+    # layer placement only (the tuner measures both).
+    hot_experts: bool | None = None
+
+
+class HotHeat(NamedTuple):
+    """Counts (layers x experts, engine.heat) a hot set is chosen from, and others it is
+    checked on (the second half of the counted tokens), both in the file's expert order."""
+
+    counts: np.ndarray
+    held_out: np.ndarray | None = None
+
+
+class _Sizing(NamedTuple):
+    """What every placement on this computer sizes first."""
+
+    n_ctx: int  # the context planned for, at most the model's own
+    kv: int  # the KV cache's bytes
+    compute: int  # the compute buffer of the device holding the output head
+    kv_read: int  # KV bytes a typical decode step reads (TYPICAL_FILL tokens in)
+
+
+def _sizing(shape: ModelShape, settings: Settings) -> _Sizing:
+    n_ctx = min(settings.n_ctx, shape.context_length or settings.n_ctx)
+    return _Sizing(
+        n_ctx,
+        shape.kv_bytes(n_ctx, settings.kv_bytes_per_element, settings.n_ubatch),
+        compute_buffer_bytes(shape, settings),
+        shape.kv_read_bytes(min(n_ctx, TYPICAL_FILL), settings.kv_bytes_per_element),
+    )
 
 
 @dataclass(frozen=True)
@@ -446,12 +486,9 @@ def gpu_free_needed(shape: ModelShape, settings: Settings, expert_share: float =
     The inverse of ``gpu_budget``: with this much free, ``plan`` puts at least that share of
     the expert bytes on the GPU (whole layers, so possibly a little more).
     """
-    n_ctx = min(settings.n_ctx, shape.context_length or settings.n_ctx)
+    size = _sizing(shape, settings)
     needed = (
-        shape.gpu_always_bytes
-        + shape.kv_bytes(n_ctx, settings.kv_bytes_per_element, settings.n_ubatch)
-        + compute_buffer_bytes(shape, settings)
-        + int(shape.expert_bytes * expert_share)
+        shape.gpu_always_bytes + size.kv + size.compute + int(shape.expert_bytes * expert_share)
     )
     return int((needed + settings.gpu_margin) / GPU_USABLE_SHARE) + 2**20
 
@@ -464,9 +501,8 @@ def ram_budget(machine: MachineProfile, settings: Settings) -> int:
 
 def _plan_here(shape: ModelShape, machine: MachineProfile, settings: Settings) -> Plan:
     """The fastest layout on this computer's own CPU and GPUs, or why nothing fits."""
-    n_ctx = min(settings.n_ctx, shape.context_length or settings.n_ctx)
-    kv = shape.kv_bytes(n_ctx, settings.kv_bytes_per_element, settings.n_ubatch)
-    compute = compute_buffer_bytes(shape, settings)
+    size = _sizing(shape, settings)
+    n_ctx, kv, compute = size.n_ctx, size.kv, size.compute
     gpus = [g for g in machine.usable_gpus if g.memory_free]
     unified = any(g.unified_memory for g in gpus)
     ram = ram_budget(machine, settings)
@@ -475,11 +511,11 @@ def _plan_here(shape: ModelShape, machine: MachineProfile, settings: Settings) -
     budgets = [gpu_budget(g.memory_free or 0, settings) for g in gpus]
     gpu_kv = kv if settings.kv_on_gpu else 0
     if gpus and shape.gpu_always_bytes + gpu_kv + compute <= sum(budgets):
-        result = _plan_gpu(shape, machine, settings, gpus, budgets, kv, compute, n_ctx)
-        # On unified memory (Apple) the GPU's share comes out of the same RAM.
-        ram_needed = result.ram_bytes + (result.gpu_bytes if unified else 0)
-        if ram_needed <= ram:
-            return result
+        result = _plan_gpu(shape, machine, settings, gpus, budgets, size)
+        hot = _hot_option(shape, machine, settings, result, size)
+        for option in (hot, result):
+            if option is not None and _ram_needed(option, unified) <= ram:
+                return option
     cpu_total = shape.total_bytes + kv + compute
     device = DevicePlan(
         device="CPU",
@@ -519,6 +555,11 @@ def _plan_here(shape: ModelShape, machine: MachineProfile, settings: Settings) -
     )
 
 
+def _ram_needed(option: Plan, unified: bool) -> int:
+    """On unified memory (Apple) the GPU's share comes out of the same RAM."""
+    return option.ram_bytes + (option.gpu_bytes if unified else 0)
+
+
 def _cpu_read(shape: ModelShape, n_ctx: int, settings: Settings) -> int:
     fill = min(n_ctx, TYPICAL_FILL)
     experts = int(shape.expert_bytes * shape.read_share)
@@ -555,12 +596,11 @@ def _plan_gpu(
     settings: Settings,
     gpus: list[GPUInfo],
     budgets: list[int],
-    kv: int,
-    compute: int,
-    n_ctx: int,
+    size: _Sizing,
 ) -> Plan:
     """A placement with the GPUs in use: memory per device first, then decode and prompt
     speed from it, then the rules and the label the engine and the user get."""
+    n_ctx, kv, compute, kv_read = size
     # Always-read weights, KV and compute buffers spread like the engine's default layer
     # split: in proportion to each GPU's budget.
     total_budget = sum(budgets)
@@ -580,8 +620,6 @@ def _plan_gpu(
         if partial is not None:
             cpu_layers.remove(layer)
     partial_bytes = partial.gpu_bytes if partial else 0
-    fill = min(n_ctx, TYPICAL_FILL)
-    kv_read = shape.kv_read_bytes(fill, settings.kv_bytes_per_element)
     gpu_kv_read = kv_read if settings.kv_on_gpu else 0
     devices = []
     for i, gpu in enumerate(gpus):
@@ -657,12 +695,33 @@ def _plan_gpu(
     )
 
 
+def _hot_option(
+    shape: ModelShape, machine: MachineProfile, settings: Settings, layers: Plan, size: _Sizing
+) -> Plan | None:
+    """The hot experts' layout (``plan_hot_experts``) when the settings carry heat and it is
+    faster than ``layers``, layer placement, by HOT_MIN_GAIN at decode with prompts no slower
+    than HOT_PROMPT_KEEP of its; or whenever there is one, when ``hot_experts`` asks for it."""
+    heat = settings.hot_heat
+    if heat is None or settings.hot_experts is False or settings.gpu_expert_layers is not None:
+        return None
+    if layers.verdict is not Verdict.HYBRID:  # all experts fit on the GPUs already
+        return None
+    hot = plan_hot_experts(shape, machine, settings, heat.counts, heat.held_out, size)
+    if hot is None or settings.hot_experts:
+        return hot
+    faster = hot.decode_tokens_per_s > (1 + HOT_MIN_GAIN) * layers.decode_tokens_per_s
+    if faster and hot.prompt_tokens_per_s >= HOT_PROMPT_KEEP * layers.prompt_tokens_per_s:
+        return hot
+    return None
+
+
 def plan_hot_experts(
     shape: ModelShape,
     machine: MachineProfile,
     settings: Settings,
     counts: np.ndarray,
     held_out: np.ndarray | None = None,
+    size: _Sizing | None = None,
 ) -> Plan | None:
     """The always-read weights, KV cache and compute on the first GPU, and in the VRAM left
     each layer's hottest experts (the hot-experts engine, packaging/HOT-EXPERTS.md); the
@@ -677,10 +736,8 @@ def plan_hot_experts(
     if not gpus or shape.n_experts < 2:
         return None
     gpu = gpus[0]
-    n_ctx = min(settings.n_ctx, shape.context_length or settings.n_ctx)
-    kv = shape.kv_bytes(n_ctx, settings.kv_bytes_per_element, settings.n_ubatch)
+    n_ctx, kv, compute, kv_read = size or _sizing(shape, settings)
     gpu_kv = kv if settings.kv_on_gpu else 0
-    compute = compute_buffer_bytes(shape, settings)
     budget = gpu_budget(gpu.memory_free or 0, settings)
     room = budget - shape.gpu_always_bytes - gpu_kv - compute
     per_expert = [size // shape.n_experts for size in shape.expert_bytes_per_layer]
@@ -694,8 +751,6 @@ def plan_hot_experts(
     if not any(hot.per_layer):
         return None
     f = hot.held_out if hot.held_out is not None else hot.share
-    fill = min(n_ctx, TYPICAL_FILL)
-    kv_read = shape.kv_read_bytes(fill, settings.kv_bytes_per_element)
     gpu_kv_read = kv_read if settings.kv_on_gpu else 0
     expert_read = shape.expert_bytes * shape.read_share  # per token, all layers
     cold = shape.expert_bytes - hot.bytes
@@ -971,15 +1026,9 @@ def ram_for_layers(shape: ModelShape, settings: Settings, n_layers: int) -> int:
     """A RAM limit (``Settings.ram_limit``) under which this computer keeps at most
     ``n_layers`` layers (with the embeddings, the output head and its buffers), so that the
     rest must go elsewhere: what ``moe-chat --self-test --workers`` uses to reach them."""
-    n_ctx = min(settings.n_ctx, shape.context_length or settings.n_ctx)
-    kv = shape.kv_bytes(n_ctx, settings.kv_bytes_per_element, settings.n_ubatch)
-    per_layer = shape.layer_bytes(0) + kv // max(1, shape.n_layers)
-    return (
-        shape.embedding_bytes
-        + shape.output_bytes
-        + compute_buffer_bytes(shape, settings)
-        + n_layers * per_layer
-    )
+    size = _sizing(shape, settings)
+    per_layer = shape.layer_bytes(0) + size.kv // max(1, shape.n_layers)
+    return shape.embedding_bytes + shape.output_bytes + size.compute + n_layers * per_layer
 
 
 def _remote_plans(shape: ModelShape, machine: MachineProfile, settings: Settings) -> list[Plan]:
@@ -991,11 +1040,8 @@ def _remote_plans(shape: ModelShape, machine: MachineProfile, settings: Settings
         key=lambda r: (r.kind != "CPU", _remote_bandwidth(r)),
         reverse=True,
     )
-    n_ctx = min(settings.n_ctx, shape.context_length or settings.n_ctx)
     compute = block_compute_bytes(shape, settings)
-    kv_per_layer = shape.kv_bytes(n_ctx, settings.kv_bytes_per_element, settings.n_ubatch) / max(
-        1, shape.n_layers
-    )
+    kv_per_layer = _sizing(shape, settings).kv / max(1, shape.n_layers)
     capacity = []
     for remote in remotes:
         room = _remote_budget(remote, settings) - compute

@@ -9,7 +9,9 @@ length or less free memory is still planned for, never replayed blindly.
 Candidates are the planner's choice; one and two expert layers fewer on the GPU; the KV cache
 in RAM (room for more expert layers); experts in RAM repacked for the CPU (faster
 generation, slow prompts); larger prompt batches when experts stay in RAM (each batch copies
-them to the GPU once); and on a CPU-only machine, thread count and batch size.
+them to the GPU once); with an engine that splits a layer's experts, each layer's hottest
+experts on the GPU or whole layers, whichever the planner did not pick; and on a CPU-only
+machine, thread count and batch size.
 Each is planned within the free memory measured before tuning starts, so none can exceed it.
 """
 
@@ -33,7 +35,7 @@ from engine.heat import HeatProfile, gpu_layer_order, model_key
 from engine.library import atomic_write_json
 from engine.paths import tuning_dir
 from engine.placement import Placement
-from engine.planner import ModelShape, Plan, Verdict
+from engine.planner import HotHeat, ModelShape, Plan, Verdict
 from engine.planner import Settings as PlanSettings
 from engine.planner import plan as make_plan
 from engine.session import LoadSettings, Session
@@ -57,6 +59,7 @@ class Knobs:
     n_ubatch: int = 512
     n_threads: int | None = None
     no_host: bool = False
+    hot_experts: bool | None = None  # None: the planner weighs them (engine.planner.HotHeat)
 
     def describe(self, base: Knobs | None = None) -> str:
         """What differs from ``base`` (the planner's choice), in a few words."""
@@ -72,6 +75,12 @@ class Knobs:
             parts.append(f"{self.n_threads} threads")
         if self.no_host != base.no_host:
             parts.append("experts in RAM repacked for the CPU" if self.no_host else "no repacking")
+        if self.hot_experts is not None and self.hot_experts != base.hot_experts:
+            parts.append(
+                "each layer's hottest experts on the GPU"
+                if self.hot_experts
+                else "whole expert layers on the GPU"
+            )
         return ", ".join(parts) or "the planner's choice"
 
 
@@ -190,12 +199,20 @@ def choose(
     tuned: bool = False,
     ram_limit: int | None = None,
 ) -> Choice:
-    """Plan ``info`` on ``machine`` with ``knobs``; heat counted earlier orders the layers."""
+    """Plan ``info`` on ``machine`` with ``knobs``. Heat counted earlier orders the layers and,
+    with an engine that splits them, chooses each layer's hot experts."""
     knobs = knobs or Knobs()
     heat = HeatProfile.load(model_key(info.path)) if info.is_moe else None
     order = None
-    if heat is not None and heat.n_layers == info.n_layers and heat.total.sum() > 0:
+    hot_heat = None
+    shaped = heat is not None and (heat.n_layers, heat.n_experts) == (
+        info.n_layers,
+        info.n_experts,
+    )
+    if heat is not None and shaped and heat.total.sum() > 0:
         order = gpu_layer_order(heat.total, info.n_experts_used, knobs.n_ubatch)
+        if machine.splits_experts:
+            hot_heat = hot_heat_of(heat)
     settings = PlanSettings(
         n_ctx=n_ctx or info.context_length or 4096,
         n_ubatch=knobs.n_ubatch,
@@ -204,6 +221,8 @@ def choose(
         layer_order=order,
         no_host=knobs.no_host,
         ram_limit=ram_limit,
+        hot_heat=hot_heat,
+        hot_experts=knobs.hot_experts,
     )
     result = make_plan(ModelShape.from_gguf(info), machine, settings)
     placement = result.placement if result.runs else Placement.cpu_only()
@@ -212,6 +231,16 @@ def choose(
     return Choice(
         knobs, result, placement, knobs.n_ubatch, knobs.n_threads, tuned, machine_key(machine)
     )
+
+
+def hot_heat_of(heat: HeatProfile) -> HotHeat:
+    """Hot sets are chosen on the first half of the counted tokens and their share measured
+    on the second, so the predicted f is one the choice was not fitted to; with too few
+    tokens for two halves, on all of them."""
+    first, second = heat.halves()
+    if second.sum() == 0:
+        return HotHeat(heat.total)
+    return HotHeat(first, second)
 
 
 def remembered(info: GGUFInfo, machine: MachineProfile) -> Knobs | None:
@@ -273,7 +302,13 @@ def candidates(info: GGUFInfo, n_ctx: int, machine: MachineProfile) -> list[Choi
     variants: list[Knobs] = []
     on_gpu = base.plan.gpu_bytes > 0
     if on_gpu:
-        layers = len(base.plan.gpu_expert_layers)
+        layered = base
+        if base.placement.hot_experts:  # the planner chose hot experts: measure layers too
+            layered = choose(info, n_ctx, machine, Knobs(hot_experts=False))
+            variants.append(layered.knobs)
+        elif machine.splits_experts:  # the hot experts' layout, if the heat gives one
+            variants.append(Knobs(hot_experts=True))
+        layers = len(layered.plan.gpu_expert_layers)
         variants += [Knobs(gpu_expert_layers=n) for n in (layers - 1, layers - 2) if n >= 0]
         if base.plan.verdict is Verdict.HYBRID:
             variants += [Knobs(kv_on_gpu=False), Knobs(no_host=True)]

@@ -100,14 +100,17 @@ def test_an_engine_without_the_patch_says_it_cannot_split_a_layers_experts(
         assert session.hot_experts == ()  # nothing asked: nothing split, on any engine
 
 
-def test_the_planners_hot_experts_placement_loads_as_planned(
+def test_an_automatic_load_with_counted_heat_puts_the_hot_experts_on_the_gpu(
     hot_engine: Path, tmp_path: Path
 ) -> None:
-    """engine.planner.plan_hot_experts for a small GPU (the RPC device), loaded: the engine
-    splits each layer as planned and holds the planned bytes on each device."""
+    """What the app's load does (engine.tuner.choose) on this engine with skewed heat saved
+    for the file and a small GPU (the RPC device): the planner prefers each layer's hottest
+    experts to layer placement; loaded, the engine splits each layer as planned and holds the
+    planned bytes on each device."""
     spec = SyntheticSpec(n_embd=256, head_dim=64, expert_ffn=256, n_experts=N_EXPERTS)
     model = build_arch_model(tmp_path / "qwen3moe.gguf", "qwen3moe", spec)
-    (run,) = on_variant(hot_engine, "--plan", str(model), "0.02")
+    (run,) = on_variant(hot_engine, "--plan", str(model), "0.01")
     assert run["hot"] == run["hot_experts"] and 0 < sum(run["hot"]) < spec.n_layers * N_EXPERTS
+    assert "hottest" in run["label"] and 0 < run["hot_share"] < 1
     for device, planned in run["planned"].items():
         assert run["weights"][device] == pytest.approx(planned, abs=LOG_STEP), device

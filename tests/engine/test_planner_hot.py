@@ -8,8 +8,16 @@ import pytest
 
 from engine.catalog import load_catalog
 from engine.placement import EXPERT_TENSORS, HOT_EXPERT_TENSORS
-from engine.planner import ModelShape, Settings, Verdict, plan, plan_hot_experts
-from tests.helpers.machines import GPU_8_RAM_32, LAPTOP_16
+from engine.planner import (
+    HOT_PROMPT_KEEP,
+    HotHeat,
+    ModelShape,
+    Settings,
+    Verdict,
+    plan,
+    plan_hot_experts,
+)
+from tests.helpers.machines import GPU_8_RAM_32, GPU_24_RAM_64, LAPTOP_16
 
 
 def qwen3_30b() -> ModelShape:
@@ -60,3 +68,29 @@ def test_no_gpu_or_no_room_means_no_hot_plan() -> None:
     assert plan_hot_experts(shape, LAPTOP_16, Settings(), heat(shape, 1.0)) is None
     huge_context = Settings(n_ctx=10**7)  # the KV cache alone fills the GPU
     assert plan_hot_experts(shape, GPU_8_RAM_32, huge_context, heat(shape, 1.0)) is None
+
+
+def test_plan_takes_hot_experts_when_the_heat_makes_them_faster() -> None:
+    shape = qwen3_30b()
+    skewed = HotHeat(heat(shape, 1.0), heat(shape, 1.0, 1))
+    layers = plan(shape, GPU_8_RAM_32, Settings())
+    chosen = plan(shape, GPU_8_RAM_32, Settings(hot_heat=skewed))
+    assert chosen.placement.hot_experts and chosen.hot_share is not None
+    assert chosen.decode_tokens_per_s > 1.2 * layers.decode_tokens_per_s
+    assert chosen.prompt_tokens_per_s >= HOT_PROMPT_KEEP * layers.prompt_tokens_per_s
+    # asked for layers (the tuner's other candidate), or a fixed number of expert layers
+    assert plan(shape, GPU_8_RAM_32, Settings(hot_heat=skewed, hot_experts=False)) == layers
+    fixed = plan(shape, GPU_8_RAM_32, Settings(hot_heat=skewed, gpu_expert_layers=3))
+    assert not fixed.placement.hot_experts and len(fixed.gpu_expert_layers) == 3
+
+
+def test_plan_keeps_layer_placement_when_hot_experts_gain_nothing() -> None:
+    shape = qwen3_30b()
+    even = HotHeat(heat(shape, 0.0), heat(shape, 0.0, 1))
+    layers = plan(shape, GPU_8_RAM_32, Settings())
+    unordered = plan(shape, GPU_8_RAM_32, Settings(hot_heat=even))
+    assert unordered == layers and not unordered.placement.hot_experts
+    forced = plan(shape, GPU_8_RAM_32, Settings(hot_heat=even, hot_experts=True))
+    assert forced.placement.hot_experts  # the tuner measures it all the same
+    # all experts on a large GPU: nothing to split
+    assert not plan(shape, GPU_24_RAM_64, Settings(hot_heat=even)).placement.hot_experts

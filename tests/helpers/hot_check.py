@@ -57,35 +57,51 @@ def hot_bytes(model: Path, counts: list[int]) -> int:
     return total
 
 
-def planned(model: Path, gpu_free_gib: float) -> int:
-    """``--plan``: the planner's hot-experts placement for a GPU (the RPC device) with this
-    much free memory and routing that falls off as 1/(id+1), loaded; prints what was planned
-    and what the engine placed on each device."""
+def planned(model: Path, room_gib: float) -> int:
+    """``--plan``: what an automatic load does with heat counted for ``model`` (routing that
+    falls off as 1/(id+1), in two halves) on a GPU (the RPC device) with ``room_gib`` free
+    beyond the planner's margin, and RAM slow enough (2 GB/s) that expert reads dominate a
+    token, as they do for a 30B model on a desktop: engine.tuner.choose asks the planner,
+    which takes each layer's hottest experts for this engine; loaded, it prints what was
+    planned and what the engine placed where."""
     from dataclasses import replace
 
     import numpy as np
 
-    from engine.devices import add_rpc_server
+    from engine.devices import add_rpc_server, engine_build
     from engine.hardware import detect
-    from engine.planner import ModelShape, Settings, plan_hot_experts
+    from engine.heat import HeatProfile, model_key
+    from engine.planner import GIB, GPU_USABLE_SHARE, Settings
+    from engine.tuner import choose
     from tests.helpers.machines import gpu
     from tests.helpers.rpc_server import running_server
 
     info = read_gguf(model)
-    shape = ModelShape.from_gguf(info)
-    falling = 1000.0 / np.arange(1, info.n_experts + 1)
-    counts = np.tile(falling, (info.n_layers, 1))
+    heat = HeatProfile(info.n_layers, info.n_experts, info.n_experts_used, key=model_key(model))
+    rng = np.random.default_rng(0)
+    falling = 1.0 / np.arange(1, info.n_experts + 1)
+    for _ in range(8):  # blocks of 256 tokens, so the held-out half has its own counts
+        for layer in range(info.n_layers):
+            ids = rng.choice(info.n_experts, size=256, p=falling / falling.sum())
+            heat.add("generation", layer, ids, 256 if layer == 0 else 0)
+    heat.save()
+    free_gib = (Settings().gpu_margin / GIB + room_gib) / GPU_USABLE_SHARE
     with running_server() as endpoint:
         (device,) = add_rpc_server(endpoint)
         here = detect(engine=False, measure_bandwidth=False)
-        machine = replace(here, gpus=(gpu("RPC test device", gpu_free_gib, device.name),))
-        settings = Settings(n_ctx=512, gpu_margin=0)  # a test device: no driver to leave room for
-        plan = plan_hot_experts(shape, machine, settings, counts)
-        assert plan is not None, "no hot plan"
-        result = probe(model, plan.placement)
+        machine = replace(
+            here,
+            gpus=(gpu("RPC test device", free_gib, device.name),),
+            ram_bandwidth=2e9,
+            splits_experts=engine_build().hot_experts,
+        )
+        choice = choose(info, 512, machine)
+        result = probe(model, choice.placement)
         result["device"] = device.name
-        result["planned"] = {d.device: d.weights for d in plan.devices}
-        result["hot_experts"] = list(plan.placement.hot_experts)
+        result["planned"] = {d.device: d.weights for d in choice.plan.devices}
+        result["hot_experts"] = list(choice.placement.hot_experts)
+        result["hot_share"] = choice.plan.hot_share
+        result["label"] = choice.placement.label
         print(json.dumps(result), flush=True)
     return 0
 
