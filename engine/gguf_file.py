@@ -142,6 +142,9 @@ class GGUFInfo:
     n_nextn_layers: int = 0  # multi-token-prediction blocks after the trunk (never loaded)
     # The sampling its makers recommend (``general.sampling.*``), as SamplingSettings fields.
     sampling: tuple[tuple[str, float], ...] = ()
+    # Each layer's experts hottest first (engine.reorder wrote the file), so a hot set is
+    # a leading slice: what the hot-experts engine splits off.
+    heat_ordered: bool = False
 
     @property
     def is_moe(self) -> bool:
@@ -173,6 +176,9 @@ class GGUFInfo:
 
 
 _SHARD_RE = re.compile(r"^(?P<prefix>.+)-(?P<no>\d{5})-of-(?P<count>\d{5})\.gguf$")
+
+
+EXPERT_ORDER_KEY = "moe_chat.expert_order"  # written by engine.reorder
 
 
 def read_gguf(path: str | Path) -> GGUFInfo:
@@ -510,6 +516,7 @@ def _info_from_header(
             if isinstance(raw := value(f"general.sampling.{key}"), (int, float))
             and not isinstance(raw, bool)
         ),
+        heat_ordered=EXPERT_ORDER_KEY in fields,
     )
 
 

@@ -79,6 +79,22 @@ class HeatProfile:
             block_tokens=list(self.block_tokens),
         )
 
+    def permuted(self, order: np.ndarray, key: str, model: str) -> HeatProfile:
+        """The same counts for a copy of the file whose layer L holds expert ``order[L][i]``
+        at position i (engine.reorder), under that copy's ``key``."""
+        rows = np.arange(self.n_layers)[:, None]
+
+        def move(table: np.ndarray) -> np.ndarray:
+            return np.ascontiguousarray(table[rows, order])
+
+        return replace(
+            self.copy(),
+            model=model,
+            key=key,
+            counts={phase: move(counts) for phase, counts in self.counts.items()},
+            blocks=[move(block) for block in self.blocks],
+        )
+
     @property
     def total(self) -> np.ndarray:
         """Counts of both phases together."""
@@ -432,6 +448,19 @@ def choose_hot_sets(
         kept = sum(float(other[i, order[i, : hot[i]]].sum()) for i in range(n_layers))
         check = kept / float(other.sum()) if other.sum() > 0 else None
     return HotSets(tuple(hot), used, served / total if total > 0 else 0.0, check)
+
+
+def hot_read_share(counts: np.ndarray, hot_per_layer: Sequence[int]) -> float | None:
+    """The share of ``counts`` (layers x experts) that fell on each layer's first h experts:
+    what the hot-experts engine read from its hot tensors. None when nothing was counted."""
+    table = np.asarray(counts)
+    total = float(table.sum())
+    if total == 0:
+        return None
+    served = sum(
+        float(table[layer, :h].sum()) for layer, h in enumerate(hot_per_layer[: len(table)])
+    )
+    return served / total
 
 
 def profile_for(path: str | Path, n_layers: int, n_experts: int, n_used: int) -> HeatProfile:

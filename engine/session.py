@@ -39,7 +39,7 @@ from engine.chat_format import (
 from engine.devices import DeviceList, TensorOverrides, list_devices
 from engine.errors import GenerationError, ModelLoadError
 from engine.gguf_file import GGUFInfo, read_gguf
-from engine.heat import HeatProfile, RoutingCapture
+from engine.heat import HeatProfile, RoutingCapture, hot_read_share
 from engine.native import HOT_EXPERTS_ENV, hot_experts_counter, llama_cpp
 from engine.placement import Placement
 from engine.units import format_bytes
@@ -144,6 +144,9 @@ class Stats:
     dropped_turns: int = 0  # oldest turns left out because the conversation outgrew the context
     rss_bytes: int = 0
     device_memory: dict[str, tuple[int, int]] = field(default_factory=dict)  # name: (used, total)
+    # With counting on and hot experts split off: the share of the generated tokens' expert
+    # reads that the hot tensors served (engine.heat.hot_read_share).
+    hot_read_share: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -636,8 +639,10 @@ class Session:
             prompt_time = time.perf_counter() - start
             stats.prompt_tokens_per_s = (len(todo) / prompt_time) if prompt_time > 0 else 0.0
             first_token_at = 0.0
-            if self._capture is not None:
+            counted = None
+            if self._capture is not None and self._heat is not None:
                 self._capture.phase = "generation"
+                counted = self._heat.counts["generation"].copy()
             while not stats.stop_reason:
                 token = ll.llama_sampler_sample(sampler, self._ctx, -1)
                 if ll.llama_vocab_is_eog(self._vocab, token):
@@ -673,6 +678,9 @@ class Session:
                 yield from stops.finish()
             stats.total_s = time.perf_counter() - start
             stats.rss_bytes, stats.device_memory = memory_snapshot()
+            if counted is not None and self._heat is not None and any(self.hot_experts):
+                reads = self._heat.counts["generation"] - counted
+                stats.hot_read_share = hot_read_share(reads, self.hot_experts)
         finally:
             ll.llama_sampler_free(sampler)
 

@@ -17,6 +17,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from engine.errors import ModelLoadError
@@ -85,6 +86,14 @@ def test_hot_sets_give_the_stock_cpu_reply_and_put_exactly_the_hot_experts_on_th
         assert run["hot"] == ([h] * spec.n_layers if h else [])
         on_device = run["weights"].get(run["device"], 0)
         assert on_device == pytest.approx(hot_bytes(model, [h] * spec.n_layers), abs=LOG_STEP)
+        # the reply's stats: the share of its routed reads that fell on experts 0..h-1
+        reads = np.array(run["generation_counts"])
+        # every token decoded after the prompt counted (at the length limit, the last one
+        # sampled is not decoded)
+        decoded = run["generated"] - (run["stop_reason"] == "length")
+        assert reads.sum() == decoded * spec.n_layers * spec.n_experts_used
+        expected = reads[:, :h].sum() / reads.sum() if h else None
+        assert run["hot_read_share"] == pytest.approx(expected), h
 
 
 def test_an_engine_without_the_patch_says_it_cannot_split_a_layers_experts(

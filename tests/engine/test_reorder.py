@@ -122,3 +122,45 @@ def test_command_line_reorders_by_the_heat_the_app_counted(
     assert recorded[: heat.n_experts] == heat_order(heat.total)[0].tolist()
     assert main([str(graded), str(out)]) == 1  # never overwrites
     assert "already exists" in capsys.readouterr().err
+
+
+def test_the_apps_reordering_carries_the_heat_over_and_loses_nothing_when_it_cannot_finish(
+    graded: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from engine import reorder
+    from engine.gguf_file import read_gguf
+    from engine.heat import model_key
+
+    src = tmp_path / "graded.gguf"
+    src.write_bytes(graded.read_bytes())
+    with pytest.raises(ModelFileError, match="No expert heat was counted"):
+        reorder.reorder_by_heat(src, tmp_path / "models")
+    reply, heat = greedy_and_heat(src)
+    heat.key = model_key(src)
+    heat.save()
+    out_dir = tmp_path / "models"
+
+    # a cancel halfway and a disk without room leave no file behind
+    with pytest.raises(ModelFileError, match="cancelled"):
+        reorder.reorder_by_heat(src, out_dir, lambda done: done < 0.5)
+    with monkeypatch.context() as patched:
+        patched.setattr(reorder, "DISK_SLACK", 1 << 60)  # more than any disk has free
+        with pytest.raises(ModelFileError, match=r"needs .* free on the models disk"):
+            reorder.reorder_by_heat(src, out_dir)
+    assert list(out_dir.iterdir()) == []
+
+    progress: list[float] = []
+    out = reorder.reorder_by_heat(src, out_dir, lambda done: progress.append(done) or True)
+    assert out == out_dir / "graded.by-heat.gguf" and progress[-1] == 1.0
+    assert progress == sorted(progress) and len(progress) == len(read_gguf(src).tensors)
+    assert read_gguf(out).heat_ordered and not read_gguf(src).heat_ordered
+    # the copy's heat, saved under its own key, is the original's in the copy's order:
+    # hottest first in every layer, and what the copy's routing counts for the same reply
+    carried = HeatProfile.load(model_key(out))
+    assert carried is not None and carried.tokens == heat.tokens
+    assert np.all(np.diff(carried.total, axis=1) <= 0)
+    reply2, heat2 = greedy_and_heat(out)
+    assert reply2 == reply and np.array_equal(heat2.total, carried.total)
+    assert np.array_equal(sum(carried.blocks), carried.total)
+    with pytest.raises(ModelFileError, match="reordered copy already"):
+        reorder.reorder_by_heat(out, out_dir)

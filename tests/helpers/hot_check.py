@@ -24,14 +24,19 @@ ROUTED = re.compile(r"\.ffn_(gate_up|gate|up|down)_exps\.weight$")
 
 def probe(model: Path, placement: Placement | None = None) -> dict[str, Any]:
     """The greedy reply's tokens, the logits after ``PROMPT``, the hot experts per layer as the
-    engine made them, and the weights' bytes per device."""
+    engine made them, the weights' bytes per device, and the reply's routing (counted) with
+    the share of it the reply's stats say the hot tensors served."""
     import numpy as np
 
+    from engine.heat import HeatProfile
     from engine.native import llama_cpp
     from engine.session import SamplingSettings, Session
 
     ll = llama_cpp()
     with Session(model, placement) as session:
+        info = session.info
+        heat = HeatProfile(info.n_layers, info.n_experts, info.n_experts_used)
+        session.set_heat(heat)
         session._decode(session.tokenize(PROMPT))
         logits = np.ctypeslib.as_array(
             ll.llama_get_logits_ith(session._ctx, -1), shape=(session.n_vocab,)
@@ -43,6 +48,10 @@ def probe(model: Path, placement: Placement | None = None) -> dict[str, Any]:
             "logits": [float(x) for x in logits],
             "hot": list(session.hot_experts),
             "weights": dict(session.load_report.model_buffers),
+            "generation_counts": heat.counts["generation"].tolist(),
+            "hot_read_share": reply.stats.hot_read_share,
+            "generated": reply.stats.generated_tokens,
+            "stop_reason": reply.stats.stop_reason,
         }
 
 
