@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -57,6 +58,7 @@ from engine.downloads import DownloadEvent
 from engine.errors import MoeChatError
 from engine.host import ChatMessage, ChatRequest, EngineCrashed, LoadedModel, QueueChanged
 from engine.library import Library
+from engine.reorder import reorder_by_heat
 from engine.session import SamplingSettings, Stats, recommended_sampling
 from engine.store import Store, StoredMessage
 from engine.throttle import Throttle
@@ -434,12 +436,15 @@ class ChatWindow(QMainWindow):
         self.worker.engine_crashed.connect(self._on_worker_engine_crashed)
         self.worker.queue_changed.connect(self._on_worker_queue_changed)
         self.experts = ExpertsPanel(self)
+        self._reorder_cancel = threading.Event()  # set by the panel's Cancel while reordering
         self.experts.profiling_toggled.connect(self.worker.set_profiling)
         self.worker.heat_updated.connect(self.experts.set_heat)
         self.model_ready.connect(self.experts.set_model)  # after the window took it in
         self.reply_done.connect(self.experts.set_reply_stats)
         self.experts.tune_requested.connect(self.tune_model)
         self.experts.tune_cancelled.connect(self.cancel_tuning)
+        self.experts.reorder_requested.connect(self.reorder_model)
+        self.experts.reorder_cancelled.connect(self._reorder_cancel.set)
         self.worker.tune_started.connect(self._on_worker_tune_started)
         self.worker.tune_progressed.connect(self._on_worker_tune_progressed)
         self.worker.tune_finished.connect(self._on_worker_tune_finished)
@@ -574,6 +579,46 @@ class ChatWindow(QMainWindow):
     @Slot(object)
     def _on_worker_tune_finished(self, tuning: Any) -> None:
         self.experts.tuning_finished(tuning)
+
+    @Slot()
+    def reorder_model(self) -> None:
+        """Write a copy of the loaded model with its experts in heat order (engine.reorder),
+        list it, and load it: the hot-experts engine then puts each layer's hottest experts
+        on the GPU. The original stays as it is; chatting goes on while the copy is written."""
+        model = self._model
+        if model is None:
+            return
+        source = Path(model.path)
+        target = self.library.models_dir / "imported"
+        size = source.stat().st_size
+        answer = QMessageBox.question(
+            self,
+            "Order experts by heat",
+            f"Write a copy of {model.name} with each layer's experts hottest first? It takes "
+            f"{format_bytes(size)} on disk; the original stays as it is.",
+        )
+        if answer != QMessageBox.StandardButton.Yes:
+            return
+        self._reorder_cancel.clear()
+        progressed = self.experts.reorder_progressed
+
+        def report(fraction: float) -> bool:
+            progressed.emit(fraction)
+            return not self._reorder_cancel.is_set()
+
+        def work() -> Any:
+            copy = reorder_by_heat(source, target, report)
+            return self.library.import_file(copy, copy=True)  # written in place already
+
+        def done(installed: Any) -> None:
+            self.experts.reorder_finished(f"Wrote {Path(installed.path).name}; loading it…")
+            self.load_model(installed.path)
+
+        def failed(error: BaseException) -> None:
+            self.experts.reorder_finished(str(error))
+
+        self.experts.reorder_started(model.name, size)
+        run_in_background(work, done, self, failed)
 
     def load_model(self, path: str, alone: bool = False) -> None:
         """Ask the worker to load ``path`` (stops a reply in progress first), with the other

@@ -5,6 +5,7 @@ Everything shown is computed by engine.heat; this module only draws it.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -213,12 +214,63 @@ class CoveragePlot(QWidget):
             painter.drawPath(path)
 
 
+def hot_experts_text(model: LoadedModel | None, counted: bool, reply: dict[str, Any] | None) -> str:
+    """What the panel says about hot experts on the GPU (packaging/HOT-EXPERTS.md): what the
+    engine split off, the share of expert reads expected and measured, or how to get there.
+    Empty when there is nothing to say: a dense model, or no GPU in use."""
+    if model is None or model.n_experts < 2:
+        return ""
+    if model.hot_experts:
+        n_hot, n_layers = sum(model.hot_experts), len(model.hot_experts)
+        text = (
+            f"Hot experts on the GPU: {n_hot} of {model.n_experts * n_layers}, "
+            f"{min(model.hot_experts)}–{max(model.hot_experts)} of {model.n_experts} per layer "
+            "(the first of each layer, which are the hottest in this file's order)."
+        )
+        if model.hot_share is not None:
+            text += f" Expected from the counted heat: {model.hot_share:.0%} of expert reads."
+        measured = reply.get("hot_read_share") if reply else None
+        if measured is not None:
+            text += f" Measured in the last reply: {measured:.0%}."
+        else:
+            text += " Turn counting on to measure what each reply reads from them."
+        return text
+    if not any(not device.startswith("CPU") for device in model.device_bytes):
+        return ""  # nothing on a GPU: no VRAM to put hot experts in
+    if not model.splits_experts:
+        return (
+            "This engine moves whole expert layers only. The hot-experts engine (the "
+            "installers' own; from source, see packaging/HOT-EXPERTS.md) can put each layer's "
+            "hottest experts on the GPU."
+        )
+    if not model.heat_ordered:
+        if not counted:
+            return (
+                "Count which experts are hot (above), then order the experts by it: the "
+                "hottest of each layer can then go to the GPU apart from the rest."
+            )
+        return (
+            "To put each layer's hottest experts on the GPU, the file's experts must be in heat "
+            f"order: Order experts by heat writes such a copy "
+            f"({format_bytes(Path(model.path).stat().st_size)} on disk) and loads it."
+            if Path(model.path).exists()
+            else ""
+        )
+    return (
+        "This file's experts are in heat order, but by the counted heat whole expert layers "
+        "on the GPU are as fast here; count more to refine it."
+    )
+
+
 class ExpertsPanel(QWidget):
     """A window of its own; lives with the chat window and follows the loaded model."""
 
     profiling_toggled = Signal(bool)
     tune_requested = Signal()
     tune_cancelled = Signal()
+    reorder_requested = Signal()  # write a heat-ordered copy of the model and load it
+    reorder_cancelled = Signal()
+    reorder_progressed = Signal(float)  # 0..1, emitted from the job's thread
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent, Qt.WindowType.Window)
@@ -229,6 +281,7 @@ class ExpertsPanel(QWidget):
         self.heat: HeatProfile | None = None
         self.last_reply: dict[str, Any] | None = None
         self.tuning_running = False
+        self.reordering = False
 
         self.profiling = QCheckBox(
             "Count which experts the router picks (profiling: generation is about a quarter "
@@ -254,6 +307,17 @@ class ExpertsPanel(QWidget):
         self.placement = QLabel(self)
         self.placement.setObjectName("placementSummary")
         self.placement.setWordWrap(True)
+        self.hot = QLabel(self)
+        self.hot.setObjectName("hotExperts")
+        self.hot.setWordWrap(True)
+        self.reorder_button = QPushButton("Order experts by heat…", self)
+        self.reorder_button.setObjectName("reorderButton")
+        self.reorder_button.setToolTip(
+            "Write a copy of the model with each layer's experts hottest first, by the heat "
+            "counted, and load it: then each layer's hottest experts can go to the GPU."
+        )
+        self.reorder_button.clicked.connect(self.reorder_requested)
+        self.reorder_progressed.connect(self._on_reorder_progressed)
 
         legend = QLabel(
             "Share of expert reads served by each layer's hottest experts. Solid: all counted "
@@ -282,7 +346,7 @@ class ExpertsPanel(QWidget):
         self.tune_button.clicked.connect(self.tune_requested)
         self.cancel_button = QPushButton("Cancel", self)
         self.cancel_button.setObjectName("cancelTuneButton")
-        self.cancel_button.clicked.connect(self.tune_cancelled)
+        self.cancel_button.clicked.connect(self._cancel)
         self.cancel_button.hide()
         self.tune_progress = QProgressBar(self)
         self.tune_progress.setRange(0, 1000)
@@ -310,6 +374,7 @@ class ExpertsPanel(QWidget):
         self.results.hide()
         tune_row = QHBoxLayout()
         tune_row.addWidget(self.tune_button)
+        tune_row.addWidget(self.reorder_button)
         tune_row.addWidget(self.cancel_button)
         tune_row.addWidget(self.tune_progress, 1)
         tune_row.addStretch(0)
@@ -320,6 +385,7 @@ class ExpertsPanel(QWidget):
         layout.addWidget(self.plots, 1)
         layout.addWidget(self.summary)
         layout.addWidget(self.placement)
+        layout.addWidget(self.hot)
         layout.addLayout(tune_row)
         layout.addWidget(self.tune_status)
         layout.addWidget(self.results)
@@ -343,16 +409,48 @@ class ExpertsPanel(QWidget):
         """The last reply's measured speed, shown next to the plan's prediction."""
         self.last_reply = stats
         self.placement.setText(self._placement_text(self.model, self._counts(), stats))
+        self._show_hot(self._counts())
 
     @Slot(str)
     def tuning_started(self, name: str) -> None:
         self.tuning_running = True
+        self._busy(f"Tuning {name}: the model is unloaded until this finishes.")
+
+    def _busy(self, status: str) -> None:
+        """A long job (tuning, reordering) runs: its progress and Cancel in the tune row."""
         self.tune_progress.setValue(0)
         self.tune_progress.show()
         self.cancel_button.show()
         self.cancel_button.setEnabled(True)
         self.tune_button.setEnabled(False)
-        self.tune_status.setText(f"Tuning {name}: the model is unloaded until this finishes.")
+        self.reorder_button.setEnabled(False)
+        self.tune_status.setText(status)
+
+    def _idle(self, status: str) -> None:
+        self.tune_progress.hide()
+        self.cancel_button.hide()
+        self.tune_status.setText(status)
+        self._refresh()
+
+    @Slot()
+    def _cancel(self) -> None:
+        (self.reorder_cancelled if self.reordering else self.tune_cancelled).emit()
+
+    def reorder_started(self, name: str, size: int) -> None:
+        self.reordering = True
+        self._busy(
+            f"Writing a copy of {name} with its experts in heat order ({format_bytes(size)}); "
+            "chatting goes on meanwhile."
+        )
+
+    @Slot(float)
+    def _on_reorder_progressed(self, fraction: float) -> None:
+        self.tune_progress.setValue(int(fraction * 1000))
+
+    def reorder_finished(self, status: str) -> None:
+        """Done, failed or cancelled: ``status`` says which."""
+        self.reordering = False
+        self._idle(status)
 
     @Slot(float, str)
     def tuning_progressed(self, fraction: float, message: str) -> None:
@@ -362,11 +460,10 @@ class ExpertsPanel(QWidget):
     @Slot(object)
     def tuning_finished(self, tuning: Tuning | None) -> None:
         self.tuning_running = False
-        self.tune_progress.hide()
-        self.cancel_button.hide()
         if tuning is None:
-            self.tune_status.setText("Tuning stopped; nothing was changed. Loading the model…")
+            self._idle("Tuning stopped; nothing was changed. Loading the model…")
             return
+        self._idle("")
         self.show_tuning(tuning)
         best = tuning.best
         if best is not None:
@@ -420,7 +517,8 @@ class ExpertsPanel(QWidget):
         for widget in (self.explanation, self.profiling, self.plots):
             widget.setVisible(moe or model is None)
         self.profiling.setEnabled(moe or model is None)
-        self.tune_button.setEnabled(model is not None and not self.tuning_running)
+        busy = self.tuning_running or self.reordering
+        self.tune_button.setEnabled(model is not None and not busy)
         counts = heat.total if heat is not None else None
         self.heat_map.set_counts(counts)
         curve: np.ndarray | None = None
@@ -448,6 +546,17 @@ class ExpertsPanel(QWidget):
             [] if curve is None else curve.tolist(), [] if held_out is None else held_out.tolist()
         )
         self.placement.setText(self._placement_text(model, counts, self.last_reply))
+        self._show_hot(counts)
+
+    def _show_hot(self, counts: np.ndarray | None) -> None:
+        model = self.model
+        counted = counts is not None and counts.sum() > 0
+        text = hot_experts_text(model, counted, self.last_reply)
+        self.hot.setText(text)
+        self.hot.setVisible(bool(text))
+        offer = model is not None and model.splits_experts and not model.heat_ordered
+        self.reorder_button.setVisible(bool(offer and text and counted))
+        self.reorder_button.setEnabled(not (self.tuning_running or self.reordering))
 
     @staticmethod
     def _heat_text(

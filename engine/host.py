@@ -129,6 +129,13 @@ class LoadedModel:
     workers: tuple[str, ...] = ()  # other computers holding layers (host:port)
     link_ms_per_token: float = 0.0  # what the network adds to a token, predicted
     notes: tuple[str, ...] = ()  # what the user should know: workers left out, assumptions
+    # Hot experts (packaging/HOT-EXPERTS.md): each layer's experts the engine split off onto
+    # the GPU, the share of expert reads the counted heat expects them to serve, whether
+    # this engine can split at all, and whether the file's experts are in heat order.
+    hot_experts: tuple[int, ...] = ()
+    hot_share: float | None = None
+    splits_experts: bool = False
+    heat_ordered: bool = False
 
     @property
     def model_id(self) -> str:
@@ -1001,6 +1008,10 @@ class _Child:
                     workers=choice.plan.workers,
                     link_ms_per_token=choice.plan.link_s_per_token * 1000,
                     notes=left_out + choice.plan.notes,
+                    hot_experts=session.hot_experts,
+                    hot_share=choice.plan.hot_share if session.hot_experts else None,
+                    splits_experts=choice.splits_experts,
+                    heat_ordered=info.heat_ordered,
                 )
             )
         )

@@ -95,6 +95,7 @@ class Choice:
     n_threads: int | None
     tuned: bool = False  # the knobs come from a measurement on this machine
     machine_key: str = ""
+    splits_experts: bool = False  # the engine can split a layer's experts (hot experts)
 
 
 @dataclass(frozen=True)
@@ -229,7 +230,14 @@ def choose(
     if tuned:
         placement = replace(placement, label=f"Tuned: {placement.label}")
     return Choice(
-        knobs, result, placement, knobs.n_ubatch, knobs.n_threads, tuned, machine_key(machine)
+        knobs,
+        result,
+        placement,
+        knobs.n_ubatch,
+        knobs.n_threads,
+        tuned,
+        machine_key(machine),
+        machine.splits_experts,
     )
 
 

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 from PySide6.QtCore import QObject, Slot
+from PySide6.QtWidgets import QMessageBox
+from pytest import MonkeyPatch
 from pytestqt.qtbot import QtBot
 
 from app.chat_window import ChatWindow
 from engine.heat import HeatProfile, model_key
 from engine.paths import app_home
+from engine.session import Stats
 from tests.app.test_chat_window import LOAD_TIMEOUT_MS, load, open_window, type_and_send
 from tests.helpers.windows import close
 
@@ -193,5 +197,87 @@ def test_the_map_explains_itself_has_a_scale_and_hides_for_a_dense_model(
     assert not panel.plots.isVisible() and not panel.profiling.isVisible()
     assert "dense model" in panel.summary.text()
     assert panel.placement.text().startswith("Placement:")
+    panel.close()
+    close(window)
+
+
+def test_order_experts_by_heat_writes_a_listed_copy_with_the_heat_and_loads_it(
+    qtbot: QtBot, synthetic_model: Path, tmp_path: Path, monkeypatch: MonkeyPatch
+) -> None:
+    source = tmp_path / "mine.gguf"  # the user's own file, which stays as it is
+    source.write_bytes(synthetic_model.read_bytes())
+    window = open_window(qtbot)
+    load(qtbot, window, source)
+    panel = window.open_experts()
+    qtbot.waitExposed(panel)
+    panel.profiling.click()
+    qtbot.waitUntil(lambda: panel.heat is not None, timeout=LOAD_TIMEOUT_MS)
+    with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
+        type_and_send(qtbot, window, "hello world expert router")
+    counted = HeatProfile.load(model_key(source))
+    assert counted is not None and counted.total.sum() > 0
+
+    asked: list[str] = []
+    monkeypatch.setattr(
+        QMessageBox, "question", lambda _p, _t, text: asked.append(text) or QMessageBox.Yes
+    )
+    with qtbot.waitSignal(
+        window.model_ready,
+        timeout=LOAD_TIMEOUT_MS,
+        check_params_cb=lambda m: m.path.endswith(".by-heat.gguf"),
+    ) as ready:
+        window.reorder_model()
+    copy = ready.args[0]
+    assert "on disk; the original stays" in asked[0]
+    assert Path(copy.path).parent == window.library.models_dir / "imported"
+    assert copy.heat_ordered and window.library.find_path(copy.path) is not None
+    assert source.read_bytes() == synthetic_model.read_bytes()
+    assert panel.tune_status.text().startswith("Wrote mine.by-heat.gguf")
+    carried = HeatProfile.load(model_key(copy.path))
+    assert carried is not None and carried.tokens == counted.tokens
+    assert np.all(np.diff(carried.total, axis=1) <= 0)  # hottest first in every layer
+    panel.close()
+    close(window)
+
+
+def test_the_panel_says_where_the_hot_experts_are_and_what_they_served(
+    qtbot: QtBot, synthetic_model: Path
+) -> None:
+    """Each engine and file the panel meets: what it shows about hot experts on the GPU."""
+    window = open_window(qtbot)
+    loaded = load(qtbot, window, synthetic_model)
+    panel = window.open_experts()
+    qtbot.waitExposed(panel)
+    assert not panel.hot.isVisible()  # this machine's CPU only: no VRAM to talk about
+    on_gpu = {"CUDA0": 3 << 30, "CPU": 12 << 30}
+    heat = HeatProfile(loaded.n_layers, loaded.n_experts, loaded.n_experts_used)
+    heat.add("generation", 0, np.array([0, 1, 0]), 3)
+    panel.set_heat(heat)
+
+    panel.set_model(replace(loaded, device_bytes=on_gpu))  # a stock engine
+    assert "whole expert layers only" in panel.hot.text()
+    assert not panel.reorder_button.isVisible()
+
+    panel.set_model(replace(loaded, device_bytes=on_gpu, splits_experts=True))
+    panel.set_heat(heat)
+    assert "Order experts by heat writes such a copy" in panel.hot.text()
+    assert panel.reorder_button.isVisible() and panel.reorder_button.isEnabled()
+
+    split = replace(
+        loaded,
+        device_bytes=on_gpu,
+        splits_experts=True,
+        heat_ordered=True,
+        hot_experts=(3, 2, 2, 1),
+        hot_share=0.61,
+    )
+    panel.set_model(split)
+    text = panel.hot.text()
+    assert "Hot experts on the GPU: 8 of 32, 1\u20133 of 8 per layer" in text
+    assert "Expected from the counted heat: 61% of expert reads" in text
+    assert "Turn counting on" in text and not panel.reorder_button.isVisible()
+    reply = Stats(generated_tokens=20, generation_tokens_per_s=5.0, hot_read_share=0.574)
+    panel.set_reply_stats({**reply.to_dict(), "profiling": True})
+    assert "Measured in the last reply: 57%." in panel.hot.text()
     panel.close()
     close(window)
