@@ -8,7 +8,13 @@ For each budget it measures, round after round in the same order so drift hits a
   (b) plain layer offload: as many whole layers as fit, memory-mapped (llama.cpp ``-ngl``);
   (c) always-read tensors and KV on the GPU, every expert in RAM (``--n-cpu-moe`` all);
   (d) the planner's read-density placement, load mode chosen by the planner;
-  (e) the tuner's choice (``engine.tuner.tune`` run once for that budget first).
+  (e) the tuner's choice (``engine.tuner.tune`` run once for that budget first);
+  (f) each layer's hottest experts in VRAM (the hot-experts engine, packaging/HOT-EXPERTS.md):
+      heat counted on a set of chat prompts, the file reordered by it, hot sets planned from
+      it (``engine.planner.plan_hot_experts``), measured on the benchmark's own text, which
+      the heat never saw; the share of that text's expert reads the hot sets served is printed.
+      Needs --skew (routing that prefers some experts, as real models' does) and the variant:
+      LLAMA_CPP_LIB_PATH=build/engine/cuda-hot/lib (packaging/build_engine.sh cuda hot).
 Prompt (pp512) and generation (tg128) tokens/s are llama-bench's measures
 (``Session.benchmark``); it prints median, min-max over the rounds, and ratios to (b).
 
@@ -17,6 +23,8 @@ Without --model it writes a synthetic model shaped like Qwen3-30B-A3B (48 layers
 ~16 GiB) with zero-mean weights, so the router spreads tokens over all experts (a biased
 generator collapses routing onto a few and inflates every hybrid number, TECH-NOTES). The
 script counts the experts a 512-token prompt touches and prints it, to show that it does.
+``--skew S`` scales each layer's router row of expert e by 1 + S x u (u uniform in 0..1, drawn
+per layer), so the experts with larger rows are picked more often, token by token.
 """
 
 from __future__ import annotations
@@ -38,10 +46,20 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from engine.devices import add_rpc_server, compiled_backends, list_devices
 from engine.gguf_file import GGUFInfo, read_gguf
 from engine.hardware import GPUInfo, MachineProfile, detect, engine_view
-from engine.heat import HeatProfile
+from engine.heat import HeatProfile, hot_read_share, model_key
+from engine.native import hot_experts_counter
 from engine.placement import Placement
-from engine.planner import GPU_USABLE_SHARE, ModelShape, Settings, compute_buffer_bytes, plan
-from engine.session import LoadSettings, Session
+from engine.planner import (
+    GPU_USABLE_SHARE,
+    ModelShape,
+    Plan,
+    Settings,
+    compute_buffer_bytes,
+    plan,
+    plan_hot_experts,
+)
+from engine.reorder import reorder_by_heat
+from engine.session import LoadSettings, SamplingSettings, Session
 from engine.synthetic import SyntheticSpec, arch_writer
 from engine.tuner import choose, tune
 
@@ -59,7 +77,9 @@ SMALL = replace(QWEN3_30B, n_layers=8, n_embd=512, n_head=8, head_dim=64, n_expe
 SMALL_VOCAB = 32_000
 
 
-def write_q4_0_moe(path: Path, shape: SyntheticSpec, n_vocab: int, seed: int = 7) -> Path:
+def write_q4_0_moe(
+    path: Path, shape: SyntheticSpec, n_vocab: int, seed: int = 7, skew: float = 0.0
+) -> Path:
     """A qwen3moe GGUF with Q4_0 weights written block by block (no float copy in memory).
 
     Q4_0 stores 32 weights as an f16 scale d and 16 bytes of 4-bit q; the weight is
@@ -105,8 +125,9 @@ def write_q4_0_moe(path: Path, shape: SyntheticSpec, n_vocab: int, seed: int = 7
     def make(kind: str, count: int, rows: int, cols: int, std: float) -> np.ndarray:
         if kind == "ones":
             return np.ones(cols, dtype=np.float32)
-        if kind == "normal":
-            return (rng.standard_normal((rows, cols)) * std).astype(np.float32)
+        if kind == "normal":  # the router: rows scaled for --skew
+            scale = 1 + skew * rng.random((rows, 1))
+            return (rng.standard_normal((rows, cols)) * std * scale).astype(np.float32)
         blocks = count * rows * cols // 32
         index = (int(rng.integers(0, pool_blocks)) + np.arange(blocks)) % pool_blocks
         data = np.empty((blocks, 18), dtype=np.uint8)
@@ -169,6 +190,48 @@ def experts_touched(model: Path, placement: Placement) -> tuple[int, int]:
     return int(touched.min()), int(touched.max())
 
 
+CHAT_PROMPTS = (  # where the heat is counted: not the benchmark's own text
+    "Explain how a heat pump works to a ten-year-old.",
+    "Write a short poem about the sea at night.",
+    "What are the main causes of inflation? Answer in five bullet points.",
+    "Translate 'good morning, how are you?' into French, Spanish and German.",
+    "Give me a recipe for a vegetarian lasagna.",
+    "Summarise the plot of Hamlet in three sentences.",
+)
+
+
+def hot_file(model: Path, tmp: Path) -> Path:
+    """Count routing on CHAT_PROMPTS (CPU only), then write the file reordered by that heat."""
+    info = read_gguf(model)
+    heat = HeatProfile(info.n_layers, info.n_experts, info.n_experts_used, key=model_key(model))
+    with Session(model, Placement.cpu_only(), LoadSettings(n_ctx=N_CTX), heat=heat) as session:
+        for prompt in CHAT_PROMPTS:
+            session.chat([{"role": "user", "content": prompt}], SamplingSettings.greedy(64))
+    heat.save()
+    start = time.perf_counter()
+    ordered = reorder_by_heat(model, tmp / "ordered")
+    print(f"(f): heat of {sum(heat.tokens.values()):,} chat tokens counted; file reordered "
+          f"in {time.perf_counter() - start:.0f} s")  # fmt: skip
+    return ordered
+
+
+def hot_plan(ordered: Path, profile: MachineProfile) -> Plan | None:
+    """The hot sets for this budget from the heat carried over to the reordered file."""
+    heat = HeatProfile.load(model_key(ordered))
+    assert heat is not None
+    shape = ModelShape.from_gguf(read_gguf(ordered))
+    return plan_hot_experts(shape, profile, Settings(n_ctx=N_CTX), heat.total)
+
+
+def measured_share(ordered: Path, placement: Placement) -> float:
+    """The share of the benchmark text's expert reads the hot sets served."""
+    info = read_gguf(ordered)
+    heat = HeatProfile(info.n_layers, info.n_experts, info.n_experts_used)
+    with Session(ordered, placement, LoadSettings(n_ctx=N_CTX), heat=heat) as session:
+        session.benchmark(512, 128)
+    return hot_read_share(heat.total, placement.hot_experts) or 0.0
+
+
 @contextmanager
 def rpc_device() -> Iterator[None]:
     from tests.helpers.rpc_server import running_server
@@ -185,6 +248,7 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--small", action="store_true", help="a small model, to try the script")
     parser.add_argument("--rpc", action="store_true", help="a loopback RPC device as the GPU")
+    parser.add_argument("--skew", type=float, default=0.0, help="router skew, for (f)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp, rpc_device() if args.rpc else _nothing():
         run(args, Path(tmp))
@@ -203,7 +267,7 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
     if model is None:
         start = time.perf_counter()
         shape, vocab = (SMALL, SMALL_VOCAB) if args.small else (QWEN3_30B, QWEN_VOCAB)
-        model = write_q4_0_moe(tmp / "qwen3-30b-shape-q4_0.gguf", shape, vocab)
+        model = write_q4_0_moe(tmp / "qwen3-30b-shape-q4_0.gguf", shape, vocab, skew=args.skew)
         print(
             f"wrote {model.stat().st_size / 2**30:.1f} GiB in {time.perf_counter() - start:.0f} s"
         )
@@ -217,6 +281,9 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         f"{info.name}: {info.tensor_bytes / 2**30:.1f} GiB; GPU {machine.usable_gpus[0].name}; "
         f"host {machine.physical_cores} cores, RAM {(machine.ram_bandwidth or 0) / GB:.0f} GB/s"
     )
+    ordered = hot_file(model, tmp) if args.skew and hot_experts_counter() else None
+    if ordered is None:
+        print("(f) left out: it needs --skew and the hot-experts engine (packaging/HOT-EXPERTS.md)")
     for budget_gb in args.budget_gb:
         budget = budget_gb * GB
         profile = budget_machine(machine, budget)
@@ -249,10 +316,18 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
                 ),
             ),
         ]
+        hot = None
+        if ordered is not None:
+            hot = hot_plan(ordered, profile)
+            if hot is None:
+                print("(f) left out: no room for hot experts at this budget")
+            else:
+                rows.append(("(f) hot experts", hot.placement, LoadSettings(n_ctx=N_CTX)))
         results: dict[str, list[tuple[float, float]]] = {name: [] for name, _, _ in rows}
         for _ in range(args.rounds):
             for name, placement, settings in rows:
-                with Session(model, placement, settings) as session:
+                path = ordered if name.startswith("(f)") and ordered else model
+                with Session(path, placement, settings) as session:
                     results[name].append(session.benchmark(512, 128))
         base_pp = statistics.median(r[0] for r in results["(b) layer offload"])
         base_tg = statistics.median(r[1] for r in results["(b) layer offload"])
@@ -270,6 +345,13 @@ def run(args: argparse.Namespace, tmp: Path) -> None:
         print(
             f"tuner's pick: {best.label}; planner predicted {planned.decode_tokens_per_s:.0f} tok/s"
         )
+        if hot is not None and ordered is not None:
+            served = measured_share(ordered, hot.placement)
+            print(
+                f"(f): the hot sets serve {served:.0%} of the benchmark text's expert reads "
+                f"(predicted from the chat prompts' heat: {hot.hot_share or 0:.0%}); planner "
+                f"predicted {hot.decode_tokens_per_s:.0f} tok/s"
+            )
 
 
 if __name__ == "__main__":
