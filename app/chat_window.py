@@ -590,7 +590,11 @@ class ChatWindow(QMainWindow):
             return
         source = Path(model.path)
         target = self.library.models_dir / "imported"
-        size = source.stat().st_size
+        try:
+            size = source.stat().st_size
+        except OSError as exc:
+            self.show_error(f"{source.name} cannot be read any more: {exc.strerror or exc}.")
+            return
         answer = QMessageBox.question(
             self,
             "Order experts by heat",
