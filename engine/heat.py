@@ -418,9 +418,15 @@ def choose_hot_sets(
     """
     table = np.asarray(counts, np.float64)
     n_layers, n_experts = table.shape
-    ranked = table if positional else -np.sort(-table, axis=1)
+    # Each layer's experts hottest first (as they are already in a heat-ordered file): a hot
+    # set is then each layer's leading h, and what it serves is hot_read_share's.
+    order = (
+        np.tile(np.arange(n_experts), (n_layers, 1))
+        if positional
+        else np.argsort(-table, axis=1, kind="stable")
+    )
+    ranked = np.take_along_axis(table, order, axis=1)
     cap = n_experts if most is None else min(n_experts, most)
-    total = float(table.sum())
     hot = [0] * n_layers
     used = 0
     while True:
@@ -436,18 +442,11 @@ def choose_hot_sets(
             break
         hot[best] += 1
         used += int(expert_bytes[best])
-    served = sum(float(ranked[layer, : hot[layer]].sum()) for layer in range(n_layers))
     check = None
     if held_out is not None:
-        other = np.asarray(held_out, np.float64)
-        order = (
-            np.tile(np.arange(n_experts), (n_layers, 1))
-            if positional
-            else np.argsort(-table, axis=1, kind="stable")
-        )
-        kept = sum(float(other[i, order[i, : hot[i]]].sum()) for i in range(n_layers))
-        check = kept / float(other.sum()) if other.sum() > 0 else None
-    return HotSets(tuple(hot), used, served / total if total > 0 else 0.0, check)
+        other = np.take_along_axis(np.asarray(held_out, np.float64), order, axis=1)
+        check = hot_read_share(other, hot)
+    return HotSets(tuple(hot), used, hot_read_share(ranked, hot) or 0.0, check)
 
 
 def hot_read_share(counts: np.ndarray, hot_per_layer: Sequence[int]) -> float | None:

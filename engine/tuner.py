@@ -204,13 +204,11 @@ def choose(
     with an engine that splits them, chooses each layer's hot experts."""
     knobs = knobs or Knobs()
     heat = HeatProfile.load(model_key(info.path)) if info.is_moe else None
+    if heat is not None and (heat.n_layers, heat.n_experts) != (info.n_layers, info.n_experts):
+        heat = None  # counts of another model: they say nothing of this one's experts
     order = None
     hot_heat = None
-    shaped = heat is not None and (heat.n_layers, heat.n_experts) == (
-        info.n_layers,
-        info.n_experts,
-    )
-    if heat is not None and shaped and heat.total.sum() > 0:
+    if heat is not None and heat.total.sum() > 0:
         order = gpu_layer_order(heat.total, info.n_experts_used, knobs.n_ubatch)
         if machine.splits_experts:
             hot_heat = hot_heat_of(heat)
