@@ -175,6 +175,7 @@ class ChatWindow(QMainWindow):
         self._editing: int | None = None  # the user message being edited, if any
         self._generating = False
         self._tuning = False
+        self._load_after_reply: str | None = None  # a model to load once the reply is over
         self.sampling = SamplingSettings()  # how replies are sampled: the loaded model's
         self._sampling_defaults = SamplingSettings()
         self._sampling_source = "MoE Chat's defaults"
@@ -615,7 +616,12 @@ class ChatWindow(QMainWindow):
             return self.library.import_file(copy, copy=True)  # written in place already
 
         def done(installed: Any) -> None:
-            self.experts.reorder_finished(f"Wrote {Path(installed.path).name}; loading it…")
+            name = Path(installed.path).name
+            if self._generating:  # the reply goes on to its end; the copy loads after it
+                self._load_after_reply = installed.path
+                self.experts.reorder_finished(f"Wrote {name}; it loads when this reply ends.")
+                return
+            self.experts.reorder_finished(f"Wrote {name}; loading it…")
             self.load_model(installed.path)
 
         def failed(error: BaseException) -> None:
@@ -629,6 +635,7 @@ class ChatWindow(QMainWindow):
         computers ticked in Settings → Computers unless ``alone``."""
         if self._generating:
             self.stop()
+        self._load_after_reply = None  # this load replaces one that waited for the reply
         self.error_banner.hide()
         workers = () if alone else enabled_endpoints(load_computers(self.store))
         n_ctx = int(self.store.get_setting(CONTEXT_KEY, 4096))
@@ -1123,6 +1130,7 @@ class ChatWindow(QMainWindow):
         self.speed_label.setText(f"{stats['generation_tokens_per_s']:.1f} tok/s")
         self.ttft_label.setText(f"first token {stats['time_to_first_token'] * 1000:.0f} ms")
         self.reply_done.emit(stats)
+        self._load_waiting()
 
     @Slot(str, bool)
     def _on_worker_reply_failed(self, message: str, crashed: bool) -> None:
@@ -1133,8 +1141,16 @@ class ChatWindow(QMainWindow):
             else:
                 self.store.delete_message(reply.id)
         self._end_reply()
-        if not crashed:  # a crash is reported once, by _on_worker_engine_crashed
+        if crashed:  # reported once, by _on_worker_engine_crashed, which offers a reload
+            self._load_after_reply = None
+        else:
+            self._load_waiting()
             self.show_error(message)
+
+    def _load_waiting(self) -> None:
+        """Load the model that waited for the reply to end (Order experts by heat), if any."""
+        if self._load_after_reply is not None:
+            self.load_model(self._load_after_reply)
 
     def _end_reply(self) -> None:
         """The reply is over (saved by the caller): show it as it is in the store."""
@@ -1215,6 +1231,7 @@ class ChatWindow(QMainWindow):
         self.download_label.setText(f"↓ {first.name}: {describe(first)}{more}")
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self._reorder_cancel.set()  # a copy being written stops within a tensor, deleted
         self.downloads.close()  # what is on disk stays; the download resumes at the next start
         self._memory_timer.stop()
         self._save_draft()

@@ -2,19 +2,22 @@
 
 from __future__ import annotations
 
+import os
+import signal
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QObject, Slot
+from PySide6.QtCore import QObject, QThreadPool, Slot
 from PySide6.QtWidgets import QMessageBox
 from pytest import MonkeyPatch
 from pytestqt.qtbot import QtBot
 
 from app.chat_window import ChatWindow
+from app.experts_panel import ExpertsPanel
 from engine.heat import HeatProfile, model_key
 from engine.paths import app_home
-from engine.session import Stats
+from engine.session import SamplingSettings, Stats
 from tests.app.test_chat_window import LOAD_TIMEOUT_MS, load, open_window, type_and_send
 from tests.helpers.windows import close
 
@@ -201,9 +204,10 @@ def test_the_map_explains_itself_has_a_scale_and_hides_for_a_dense_model(
     close(window)
 
 
-def test_order_experts_by_heat_writes_a_listed_copy_with_the_heat_and_loads_it(
-    qtbot: QtBot, synthetic_model: Path, tmp_path: Path, monkeypatch: MonkeyPatch
-) -> None:
+def _counted_copy(
+    qtbot: QtBot, synthetic_model: Path, tmp_path: Path
+) -> tuple[ChatWindow, ExpertsPanel, Path]:
+    """The window with the user's own copy of the model loaded and one reply's heat counted."""
     source = tmp_path / "mine.gguf"  # the user's own file, which stays as it is
     source.write_bytes(synthetic_model.read_bytes())
     window = open_window(qtbot)
@@ -214,6 +218,13 @@ def test_order_experts_by_heat_writes_a_listed_copy_with_the_heat_and_loads_it(
     qtbot.waitUntil(lambda: panel.heat is not None, timeout=LOAD_TIMEOUT_MS)
     with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
         type_and_send(qtbot, window, "hello world expert router")
+    return window, panel, source
+
+
+def test_order_experts_by_heat_writes_a_listed_copy_with_the_heat_and_loads_it(
+    qtbot: QtBot, synthetic_model: Path, tmp_path: Path, monkeypatch: MonkeyPatch
+) -> None:
+    window, panel, source = _counted_copy(qtbot, synthetic_model, tmp_path)
     counted = HeatProfile.load(model_key(source))
     assert counted is not None and counted.total.sum() > 0
 
@@ -238,6 +249,53 @@ def test_order_experts_by_heat_writes_a_listed_copy_with_the_heat_and_loads_it(
     assert np.all(np.diff(carried.total, axis=1) <= 0)  # hottest first in every layer
     panel.close()
     close(window)
+
+
+def test_a_copy_written_during_a_reply_loads_when_the_reply_ends(
+    qtbot: QtBot, synthetic_model: Path, tmp_path: Path, monkeypatch: MonkeyPatch
+) -> None:
+    """Chatting goes on while the copy is written: the reply in progress is not cut off."""
+    window, panel, _source = _counted_copy(qtbot, synthetic_model, tmp_path)
+    monkeypatch.setattr(QMessageBox, "question", lambda *_a: QMessageBox.Yes)
+    window.sampling = SamplingSettings.greedy(200)
+    pid = window.host.pid
+    events: list[str] = []
+    window.reply_done.connect(lambda stats: events.append(f"reply {stats['stop_reason']}"))
+    window.model_ready.connect(lambda model: events.append(f"ready {Path(model.path).name}"))
+
+    def on_piece(_piece: str) -> None:  # the reply is streaming; the engine is held in it
+        window.piece_shown.disconnect(on_piece)
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            window.reorder_model()
+            qtbot.waitUntil(lambda: not panel.reordering, timeout=LOAD_TIMEOUT_MS)
+        finally:
+            os.kill(pid, signal.SIGCONT)
+
+    window.piece_shown.connect(on_piece)
+    with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
+        type_and_send(qtbot, window, "tell me about experts")
+    assert panel.tune_status.text() == "Wrote mine.by-heat.gguf; it loads when this reply ends."
+    qtbot.waitUntil(lambda: len(events) == 2, timeout=LOAD_TIMEOUT_MS)
+    assert events == ["reply length", "ready mine.by-heat.gguf"]
+    [*_, last] = window.store.messages(window.conversation_id)
+    assert last.complete and last.stats["generated_tokens"] == 200
+    panel.close()
+    close(window)
+
+
+def test_closing_the_window_stops_a_copy_being_written_and_leaves_no_part_of_it(
+    qtbot: QtBot, synthetic_model: Path, tmp_path: Path, monkeypatch: MonkeyPatch
+) -> None:
+    window, panel, _source = _counted_copy(qtbot, synthetic_model, tmp_path)
+    monkeypatch.setattr(QMessageBox, "question", lambda *_a: QMessageBox.Yes)
+    imported = window.library.models_dir / "imported"
+    window.reorder_model()
+    assert panel.reordering
+    panel.close()
+    close(window)
+    assert QThreadPool.globalInstance().waitForDone(LOAD_TIMEOUT_MS)
+    assert not imported.exists() or not any(imported.iterdir())
 
 
 def test_the_panel_says_where_the_hot_experts_are_and_what_they_served(
