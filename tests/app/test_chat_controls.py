@@ -170,7 +170,7 @@ def test_esc_stops_and_continue_goes_on_from_the_last_word(
 ) -> None:
     window = open_window(qtbot)
     load(qtbot, window, synthetic_model)
-    window.sampling = SamplingSettings.greedy(48)
+    window.sampling = SamplingSettings.greedy(1000)  # far longer than Esc takes to arrive
     window.activateWindow()
 
     def on_piece(_piece: str) -> None:

@@ -106,6 +106,7 @@ def test_a_killed_engine_keeps_the_partial_reply_and_offers_to_load_again(
 ) -> None:
     window = open_window(qtbot)
     load(qtbot, window, synthetic_model)
+    window.sampling = SamplingSettings.greedy(2000)  # no early end: it runs on when killed
     pid = window.host.pid
     shown: list[str] = []
 
