@@ -11,8 +11,8 @@ from __future__ import annotations
 from importlib import resources
 
 from PySide6.QtCore import Qt
-from PySide6.QtGui import QColor, QGuiApplication, QPalette
-from PySide6.QtWidgets import QApplication
+from PySide6.QtGui import QColor, QGuiApplication, QPainter, QPalette
+from PySide6.QtWidgets import QApplication, QProxyStyle, QStyle, QStyleOption, QWidget
 
 THEME_KEY = "theme"
 THEMES = {"system": "Follow the system", "light": "Light", "dark": "Dark"}
@@ -59,6 +59,38 @@ def dark_palette() -> QPalette:
     return palette
 
 
+class DarkFusion(QProxyStyle):
+    """Fusion whose check boxes show on a dark palette. Fusion outlines a box in the window
+    colour darkened, which vanishes on a dark base: an unchecked box in a list, or on a dark
+    window, was not there to see. This one draws the outline in the palette's Mid (Highlight
+    with keyboard focus, as Fusion does)."""
+
+    def __init__(self) -> None:
+        super().__init__("Fusion")
+
+    def drawPrimitive(
+        self,
+        element: QStyle.PrimitiveElement,
+        option: QStyleOption,
+        painter: QPainter,
+        widget: QWidget | None = None,
+    ) -> None:
+        super().drawPrimitive(element, option, painter, widget)
+        if element != QStyle.PrimitiveElement.PE_IndicatorCheckBox:
+            return
+        focused = QStyle.StateFlag.State_HasFocus | QStyle.StateFlag.State_KeyboardFocusChange
+        role = QPalette.ColorRole.Highlight
+        if option.state & focused != focused:
+            role = QPalette.ColorRole.Mid
+        painter.save()
+        painter.setRenderHint(QPainter.RenderHint.Antialiasing, True)
+        painter.translate(0.5, 0.5)  # on the pixels Fusion's own outline takes
+        painter.setPen(option.palette.color(role))
+        painter.setBrush(Qt.BrushStyle.NoBrush)
+        painter.drawRect(option.rect.adjusted(0, 0, -1, -1))
+        painter.restore()
+
+
 def style_sheet() -> str:
     return resources.files("resources").joinpath("style.qss").read_text("utf-8")
 
@@ -69,7 +101,7 @@ def apply_theme(app: QApplication, theme: str) -> None:
     if _system is None:
         _system = (app.style().name(), QPalette(app.palette()))
     if theme == "dark":
-        app.setStyle("Fusion")
+        app.setStyle(DarkFusion())
         palette = dark_palette()
         scheme = Qt.ColorScheme.Dark
     elif theme == "light":
