@@ -63,6 +63,11 @@ Message = dict[str, str]
 # Room a prompt leaves for the reply, at most: when a conversation outgrows the context its
 # oldest turns are dropped until the reply has this much (or a quarter of the context).
 REPLY_ROOM_TOKENS = 1024
+# A new cut frees this share of the context beyond the reply's room, and stays where it is
+# while the conversation still fits after it: the kept turns' keys/values are then reused
+# turn after turn, where cutting the fewest turns each time would move the start of the
+# prompt, and so recompute all of it, on every turn.
+CUT_SLACK = 0.25
 
 
 @dataclass(frozen=True)
@@ -223,6 +228,9 @@ class Session:
         self._model: Any = None
         self._ctx: Any = None
         self._cached: list[int] = []  # tokens whose keys/values are in the context's memory
+        # where the last too-long conversation was cut: its system prompt, the index of the
+        # first message kept, and that message (fit_prompt keeps the cut while it fits)
+        self._cut: tuple[list[Message], int, Message] | None = None
         self.hot_experts: tuple[int, ...] = ()  # each layer's experts in its hot tensors
         if not dry_run:
             self._check_fits()
@@ -430,7 +438,8 @@ class Session:
         reopened at the end of the prompt to be continued.
 
         A turn is a user message and the replies to it. The system prompt and the last user
-        message are always kept.
+        message are always kept. The cut made last time stays while the conversation fits
+        after it; a new one leaves ``CUT_SLACK`` of the context free as well, when it can.
 
         Raises:
             GenerationError: even the system prompt and the last message do not fit.
@@ -456,16 +465,28 @@ class Session:
         tokens, text, parser = attempt(0)
         if len(tokens) <= limit:
             return tokens, text, 0, parser
-        # Fewer tokens with every turn dropped: find the fewest drops that fit (binary search).
-        low, high = 1, len(starts) - 1
-        best: tuple[list[int], str, int, ReplyParser] | None = None
-        while low <= high:
-            middle = (low + high) // 2
-            tokens, text, parser = attempt(middle)
-            if len(tokens) <= limit:
-                best, high = (tokens, text, middle, parser), middle - 1
-            else:
-                low = middle + 1
+        if self._cut is not None:
+            cut_head, first, message = self._cut
+            if cut_head == head and first in starts[1:] and body[first] == message:
+                tokens, text, parser = attempt(starts.index(first))
+                if len(tokens) <= limit:
+                    return tokens, text, starts.index(first), parser
+
+        def fewest(most: int) -> tuple[list[int], str, int, ReplyParser] | None:
+            # Fewer tokens with every turn dropped: the fewest drops that leave at most
+            # ``most`` tokens (binary search).
+            low, high = 1, len(starts) - 1
+            best: tuple[list[int], str, int, ReplyParser] | None = None
+            while low <= high:
+                middle = (low + high) // 2
+                tokens, text, parser = attempt(middle)
+                if len(tokens) <= most:
+                    best, high = (tokens, text, middle, parser), middle - 1
+                else:
+                    low = middle + 1
+            return best
+
+        best = fewest(limit - int(CUT_SLACK * self.n_ctx)) or fewest(limit)
         if best is None:
             raise GenerationError(
                 f"The last message is too long for the model's context of {self.n_ctx} tokens "
@@ -473,6 +494,8 @@ class Session:
                 "Shorten the message or the system prompt, or load the model with a longer "
                 "context.",
             )
+        first = starts[best[2]]
+        self._cut = (head, first, body[first])
         return best
 
     def tokenize(self, text: str) -> list[int]:
