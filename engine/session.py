@@ -231,6 +231,9 @@ class Session:
         # where the last too-long conversation was cut: its system prompt, the index of the
         # first message kept, and that message (fit_prompt keeps the cut while it fits)
         self._cut: tuple[list[Message], int, Message] | None = None
+        # a recurrent (Mamba, short-convolution) state cannot go back a token, so the state
+        # after all of the last prompt but its final token is kept: (tokens, bytes)
+        self._checkpoint: tuple[int, ctypes.Array[ctypes.c_uint8]] | None = None
         self.hot_experts: tuple[int, ...] = ()  # each layer's experts in its hot tensors
         if not dry_run:
             self._check_fits()
@@ -337,7 +340,7 @@ class Session:
         self.n_ctx = int(ll.llama_n_ctx(ctx))
         self.n_batch = int(ctx_params.n_batch)
         self._memory = ll.llama_get_memory(ctx)
-        self._cached = []
+        self._cut_cache(0)
 
     @property
     def heat(self) -> HeatProfile | None:
@@ -640,11 +643,11 @@ class Session:
             common += 1
         common = min(common, len(prompt) - 1)  # at least one token must be decoded for logits
         if common < len(self._cached) and not self._can_rewind_to(common):
-            common = 0
+            common = self._restore_checkpoint(common)
         if not ll.llama_memory_seq_rm(self._memory, 0, common, -1):
             common = 0  # memory that cannot be cut partway (recurrent state): start over
             ll.llama_memory_clear(self._memory, True)
-        del self._cached[common:]
+        self._cut_cache(common)
         stats.prompt_tokens = len(prompt)
         stats.prompt_tokens_cached = common
         stops = StopMatcher(sampling.stop)
@@ -654,11 +657,21 @@ class Session:
             if self._capture is not None:
                 self._capture.phase = "prompt"
             todo = prompt[common:]
-            for begin in range(0, len(todo), self.n_batch):
-                if cancel.is_set():
-                    stats.stop_reason = "cancelled"
+            # the state before the prompt's last token is kept where it cannot be rewound: the
+            # next turn (this prompt, the reply, a new message) or a regenerated reply
+            # starts there
+            checkpoint = self._recurrent and len(todo) > 1
+            parts = [todo[:-1], todo[-1:]] if checkpoint else [todo]
+            for number, part in enumerate(parts):
+                for begin in range(0, len(part), self.n_batch):
+                    if cancel.is_set():
+                        stats.stop_reason = "cancelled"
+                        break
+                    self._decode(part[begin : begin + self.n_batch])
+                if stats.stop_reason:
                     break
-                self._decode(todo[begin : begin + self.n_batch])
+                if checkpoint and number == 0:
+                    self._save_checkpoint()
             prompt_time = time.perf_counter() - start
             stats.prompt_tokens_per_s = (len(todo) / prompt_time) if prompt_time > 0 else 0.0
             first_token_at = 0.0
@@ -707,6 +720,44 @@ class Session:
         finally:
             ll.llama_sampler_free(sampler)
 
+    @functools.cached_property
+    def _recurrent(self) -> bool:
+        """Whether the model keeps a recurrent state that cannot go back (and no sliding
+        window, whose cache a checkpoint would not cover)."""
+        memory = self.info.context_memory
+        if memory is None or not memory.recurrent_layers:
+            return False
+        return not (memory.sliding_window and any(layer.sliding for layer in memory.layers))
+
+    def _cut_cache(self, keep: int) -> None:
+        """The first ``keep`` tokens are all the context still holds (the caller cut it)."""
+        del self._cached[keep:]
+        if self._checkpoint is not None and self._checkpoint[0] > keep:
+            self._checkpoint = None
+
+    def _save_checkpoint(self) -> None:
+        """Keep the recurrent state as it is now (llama.cpp's server does the same: only the
+        state that cannot be cut, not the attention layers' keys and values)."""
+        ll = self._ll
+        flags = ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
+        size = int(ll.llama_state_seq_get_size_ext(self._ctx, 0, flags))
+        data = (ctypes.c_uint8 * size)()
+        if int(ll.llama_state_seq_get_data_ext(self._ctx, data, size, 0, flags)) == size:
+            self._checkpoint = (len(self._cached), data)
+
+    def _restore_checkpoint(self, common: int) -> int:
+        """Put the recurrent state back to the checkpoint if it lies within the first
+        ``common`` tokens; the tokens the cache still holds from there on (0: none)."""
+        if self._checkpoint is None or self._checkpoint[0] > common:
+            return 0
+        position, data = self._checkpoint
+        ll = self._ll
+        flags = ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
+        if int(ll.llama_state_seq_set_data_ext(self._ctx, data, len(data), 0, flags)) == 0:
+            self._checkpoint = None
+            return 0
+        return position
+
     def _can_rewind_to(self, position: int) -> bool:
         """Whether the cache still holds what position ``position`` needs: a sliding-window
         cache drops cells older than its window, and a recurrent state cannot go back."""
@@ -729,7 +780,7 @@ class Session:
     def forget(self) -> None:
         """Drop the computed prompt: the next reply computes everything again."""
         self._ll.llama_memory_clear(self._memory, True)
-        self._cached = []
+        self._cut_cache(0)
 
     def benchmark(self, prompt_tokens: int = 512, reply_tokens: int = 64) -> tuple[float, float]:
         """Prompt and generation tokens/s as llama-bench measures them (pp / tg).
@@ -792,7 +843,7 @@ class Session:
         if self._model is not None:
             self._ll.llama_model_free(self._model)
             self._model = None
-        self._cached = []
+        self._cut_cache(0)
 
     def __enter__(self) -> Session:
         return self
