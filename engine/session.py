@@ -231,8 +231,9 @@ class Session:
         # where the last too-long conversation was cut: its system prompt, the index of the
         # first message kept, and that message (fit_prompt keeps the cut while it fits)
         self._cut: tuple[list[Message], int, Message] | None = None
-        # a recurrent (Mamba, short-convolution) state cannot go back a token, so the state
-        # after all of the last prompt but its final token is kept: (tokens, bytes)
+        # a recurrent (Mamba, short-convolution) state cannot go back a token, nor a sliding
+        # window's cache further than it holds, so that part is kept as it was before the
+        # last prompt's final token: (tokens, bytes)
         self._checkpoint: tuple[int, ctypes.Array[ctypes.c_uint8]] | None = None
         self.hot_experts: tuple[int, ...] = ()  # each layer's experts in its hot tensors
         if not dry_run:
@@ -319,8 +320,8 @@ class Session:
         ctx_params.n_threads_batch = threads
         ctx_params.no_perf = True
         # Sliding-window layers keep only their window (plus a ubatch), not the whole context:
-        # half of gpt-oss's KV cache. The price: a prompt that rewinds further than the window
-        # is computed again (see stream()).
+        # half of gpt-oss's KV cache. A prompt that goes back further than that starts from
+        # the checkpoint before the last prompt's end (_save_checkpoint), else from scratch.
         ctx_params.swa_full = False
         ctx_params.offload_kqv = self.placement.offload_kv
         if settings.flash_attention is not None:
@@ -657,10 +658,10 @@ class Session:
             if self._capture is not None:
                 self._capture.phase = "prompt"
             todo = prompt[common:]
-            # the state before the prompt's last token is kept where it cannot be rewound: the
+            # what cannot be rewound far is kept as it was before the prompt's last token: the
             # next turn (this prompt, the reply, a new message) or a regenerated reply
             # starts there
-            checkpoint = self._recurrent and len(todo) > 1
+            checkpoint = self._checkpointed and len(todo) > 1
             parts = [todo[:-1], todo[-1:]] if checkpoint else [todo]
             for number, part in enumerate(parts):
                 for begin in range(0, len(part), self.n_batch):
@@ -721,13 +722,15 @@ class Session:
             ll.llama_sampler_free(sampler)
 
     @functools.cached_property
-    def _recurrent(self) -> bool:
-        """Whether the model keeps a recurrent state that cannot go back (and no sliding
-        window, whose cache a checkpoint would not cover)."""
+    def _checkpointed(self) -> bool:
+        """Whether the context holds what cannot go back far: a recurrent state (not a
+        token), or sliding-window layers' cache (their window and a batch, not the whole
+        context: gpt-oss). Checkpoints keep that part as it was before the prompt's end."""
         memory = self.info.context_memory
-        if memory is None or not memory.recurrent_layers:
+        if memory is None:
             return False
-        return not (memory.sliding_window and any(layer.sliding for layer in memory.layers))
+        sliding = memory.sliding_window and any(layer.sliding for layer in memory.layers)
+        return bool(memory.recurrent_layers or sliding)
 
     def _cut_cache(self, keep: int) -> None:
         """The first ``keep`` tokens are all the context still holds (the caller cut it)."""
@@ -736,8 +739,8 @@ class Session:
             self._checkpoint = None
 
     def _save_checkpoint(self) -> None:
-        """Keep the recurrent state as it is now (llama.cpp's server does the same: only the
-        state that cannot be cut, not the attention layers' keys and values)."""
+        """Keep the recurrent state and sliding-window cache as they are now (llama.cpp's
+        server does the same: only what cannot be cut, not full attention's cache)."""
         ll = self._ll
         flags = ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
         size = int(ll.llama_state_seq_get_size_ext(self._ctx, 0, flags))
@@ -746,7 +749,7 @@ class Session:
             self._checkpoint = (len(self._cached), data)
 
     def _restore_checkpoint(self, common: int) -> int:
-        """Put the recurrent state back to the checkpoint if it lies within the first
+        """Put the checkpointed state back if it lies within the first
         ``common`` tokens; the tokens the cache still holds from there on (0: none)."""
         if self._checkpoint is None or self._checkpoint[0] > common:
             return 0

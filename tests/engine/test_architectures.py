@@ -107,24 +107,29 @@ def test_a_planned_split_on_a_second_device_keeps_the_cpu_reply(
     assert on_device == pytest.approx(gpu_plan.weights, rel=0.15, abs=2**20)
 
 
-@pytest.mark.parametrize("arch", ["granitehybrid", "lfm2moe"])
-def test_a_recurrent_state_goes_on_from_its_checkpoint(
-    arch: str, arch_models: dict[str, Path]
+@pytest.mark.parametrize(
+    ("arch", "reply_tokens"), [("granitehybrid", 16), ("lfm2moe", 16), ("gpt-oss", 1500)]
+)
+def test_what_cannot_go_back_goes_on_from_its_checkpoint(
+    arch: str, reply_tokens: int, arch_models: dict[str, Path]
 ) -> None:
-    """A Mamba or short-convolution state cannot go back a token, so every follow-up used to
-    compute the whole conversation again. The state kept before the prompt's last token lets
-    a regenerated reply and the next turn compute only what is new, and reply the same."""
+    """A Mamba or short-convolution state cannot go back a token, and gpt-oss's sliding-window
+    layers keep only their window and a batch (768 cells here), so a Regenerate or a follow-up
+    after a longer reply computed the whole conversation again. The part kept from before the
+    prompt's last token lets them compute only what is new, and reply the same."""
     greedy = SamplingSettings.greedy(16)
-    with Session(arch_models[arch], settings=LoadSettings(n_ctx=1024)) as session:
-        first = session.chat(HELLO, greedy)
+    with Session(arch_models[arch], settings=LoadSettings(n_ctx=2048)) as session:
+        first = session.chat(HELLO, SamplingSettings.greedy(reply_tokens))
+        assert first.stats.generated_tokens == reply_tokens
         again = session.chat(HELLO, greedy)  # Regenerate: back to before the last token
         assert again.stats.prompt_tokens_cached == again.stats.prompt_tokens - 1
-        assert again.text == first.text
-        follow = [*HELLO, {"role": "assistant", "content": first.text}]
+        follow = [*HELLO, {"role": "assistant", "content": again.text}]
         follow.append({"role": "user", "content": "and then?"})
         reply = session.chat(follow, greedy)
-        assert reply.stats.prompt_tokens_cached >= first.stats.prompt_tokens - 1
+        assert reply.stats.prompt_tokens_cached >= again.stats.prompt_tokens - 1
+        session.forget()
+        fresh_again = session.chat(HELLO, greedy)
         session.forget()
         fresh = session.chat(follow, greedy)
     assert fresh.stats.prompt_tokens_cached == 0
-    assert fresh.text == reply.text
+    assert (again.text, reply.text) == (fresh_again.text, fresh.text)
