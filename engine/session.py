@@ -233,8 +233,8 @@ class Session:
         self._cut: tuple[list[Message], int, Message] | None = None
         # a recurrent (Mamba, short-convolution) state cannot go back a token, nor a sliding
         # window's cache further than it holds, so that part is kept as it was before the
-        # last prompt's final token: (tokens, bytes)
-        self._checkpoint: tuple[int, ctypes.Array[ctypes.c_uint8]] | None = None
+        # last prompt's final token: (tokens, buffer, bytes of it used)
+        self._checkpoint: tuple[int, ctypes.Array[ctypes.c_uint8], int] | None = None
         self.hot_experts: tuple[int, ...] = ()  # each layer's experts in its hot tensors
         if not dry_run:
             self._check_fits()
@@ -744,19 +744,21 @@ class Session:
         ll = self._ll
         flags = ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
         size = int(ll.llama_state_seq_get_size_ext(self._ctx, 0, flags))
-        data = (ctypes.c_uint8 * size)()
+        old, self._checkpoint = self._checkpoint, None
+        # the last one's buffer when it is big enough (Granite 4.0-H-Small: 155 MB a prompt)
+        data = old[1] if old is not None and len(old[1]) >= size else (ctypes.c_uint8 * size)()
         if int(ll.llama_state_seq_get_data_ext(self._ctx, data, size, 0, flags)) == size:
-            self._checkpoint = (len(self._cached), data)
+            self._checkpoint = (len(self._cached), data, size)
 
     def _restore_checkpoint(self, common: int) -> int:
         """Put the checkpointed state back if it lies within the first
         ``common`` tokens; the tokens the cache still holds from there on (0: none)."""
         if self._checkpoint is None or self._checkpoint[0] > common:
             return 0
-        position, data = self._checkpoint
+        position, data, size = self._checkpoint
         ll = self._ll
         flags = ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
-        if int(ll.llama_state_seq_set_data_ext(self._ctx, data, len(data), 0, flags)) == 0:
+        if int(ll.llama_state_seq_set_data_ext(self._ctx, data, size, 0, flags)) == 0:
             self._checkpoint = None
             return 0
         return position
