@@ -59,11 +59,12 @@ def dark_palette() -> QPalette:
     return palette
 
 
-class DarkFusion(QProxyStyle):
-    """Fusion whose check boxes show on a dark palette. Fusion outlines a box in the window
+class ClearFusion(QProxyStyle):
+    """Fusion whose check boxes show on any palette. Fusion outlines a box in the window
     colour darkened, which vanishes on a dark base: an unchecked box in a list, or on a dark
-    window, was not there to see. This one draws the outline in the palette's Mid (Highlight
-    with keyboard focus, as Fusion does)."""
+    window, was not there to see (the Dark theme, or a dark desktop's palette with Fusion).
+    This one draws the outline in the palette's Mid (Highlight with keyboard focus, as Fusion
+    does)."""
 
     def __init__(self) -> None:
         super().__init__("Fusion")
@@ -101,15 +102,15 @@ def apply_theme(app: QApplication, theme: str) -> None:
     if _system is None:
         _system = (app.style().name(), QPalette(app.palette()))
     if theme == "dark":
-        app.setStyle(DarkFusion())
+        app.setStyle(ClearFusion())
         palette = dark_palette()
         scheme = Qt.ColorScheme.Dark
     elif theme == "light":
-        app.setStyle("Fusion")
+        app.setStyle(ClearFusion())
         palette = app.style().standardPalette()
         scheme = Qt.ColorScheme.Light
     else:
-        app.setStyle(_system[0])
+        app.setStyle(ClearFusion() if _system[0].lower() == "fusion" else _system[0])
         palette = QPalette(_system[1])
         scheme = Qt.ColorScheme.Unknown
     QGuiApplication.styleHints().setColorScheme(scheme)

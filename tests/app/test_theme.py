@@ -22,7 +22,7 @@ def contrast(image: QImage, left: int, top: int, width: int, height: int) -> int
     )
 
 
-@pytest.mark.parametrize("theme", ["light", "dark"])
+@pytest.mark.parametrize("theme", ["light", "dark", "system"])
 def test_an_unchecked_box_can_be_seen(
     qtbot: QtBot, restore_theme: QApplication, theme: str
 ) -> None:
