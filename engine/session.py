@@ -68,6 +68,10 @@ REPLY_ROOM_TOKENS = 1024
 # turn after turn, where cutting the fewest turns each time would move the start of the
 # prompt, and so recompute all of it, on every turn.
 CUT_SLACK = 0.25
+# Checkpoints kept of what cannot be cut back (recurrent state, sliding-window cache): where
+# the last prompt's new tokens began (an edited last message goes back there) and before its
+# last token (Regenerate, the next turn).
+CHECKPOINTS = 2
 
 
 @dataclass(frozen=True)
@@ -232,9 +236,9 @@ class Session:
         # first message kept, and that message (fit_prompt keeps the cut while it fits)
         self._cut: tuple[list[Message], int, Message] | None = None
         # a recurrent (Mamba, short-convolution) state cannot go back a token, nor a sliding
-        # window's cache further than it holds, so that part is kept as it was before the
-        # last prompt's final token: (tokens, buffer, bytes of it used)
-        self._checkpoint: tuple[int, ctypes.Array[ctypes.c_uint8], int] | None = None
+        # window's cache further than it holds, so that part is kept at a few points of the
+        # last prompt (CHECKPOINTS), oldest first: (tokens, buffer, bytes of it used)
+        self._checkpoints: list[tuple[int, ctypes.Array[ctypes.c_uint8], int]] = []
         self.hot_experts: tuple[int, ...] = ()  # each layer's experts in its hot tensors
         if not dry_run:
             self._check_fits()
@@ -321,7 +325,7 @@ class Session:
         ctx_params.no_perf = True
         # Sliding-window layers keep only their window (plus a ubatch), not the whole context:
         # half of gpt-oss's KV cache. A prompt that goes back further than that starts from
-        # the checkpoint before the last prompt's end (_save_checkpoint), else from scratch.
+        # a checkpoint of the last prompt (_save_checkpoint), else from scratch.
         ctx_params.swa_full = False
         ctx_params.offload_kqv = self.placement.offload_kv
         if settings.flash_attention is not None:
@@ -658,10 +662,12 @@ class Session:
             if self._capture is not None:
                 self._capture.phase = "prompt"
             todo = prompt[common:]
-            # what cannot be rewound far is kept as it was before the prompt's last token: the
-            # next turn (this prompt, the reply, a new message) or a regenerated reply
-            # starts there
+            # what cannot be rewound far is kept where the new tokens begin and before the
+            # prompt's last token: an edited last message, the next turn (this prompt, the
+            # reply, a new message) or a regenerated reply starts from one of them
             checkpoint = self._checkpointed and len(todo) > 1
+            if checkpoint and common:
+                self._save_checkpoint()
             parts = [todo[:-1], todo[-1:]] if checkpoint else [todo]
             for number, part in enumerate(parts):
                 for begin in range(0, len(part), self.n_batch):
@@ -725,7 +731,7 @@ class Session:
     def _checkpointed(self) -> bool:
         """Whether the context holds what cannot go back far: a recurrent state (not a
         token), or sliding-window layers' cache (their window and a batch, not the whole
-        context: gpt-oss). Checkpoints keep that part as it was before the prompt's end."""
+        context: gpt-oss). Checkpoints keep that part as it was at points of the prompt."""
         memory = self.info.context_memory
         if memory is None:
             return False
@@ -735,8 +741,7 @@ class Session:
     def _cut_cache(self, keep: int) -> None:
         """The first ``keep`` tokens are all the context still holds (the caller cut it)."""
         del self._cached[keep:]
-        if self._checkpoint is not None and self._checkpoint[0] > keep:
-            self._checkpoint = None
+        self._checkpoints = [c for c in self._checkpoints if c[0] <= keep]
 
     def _save_checkpoint(self) -> None:
         """Keep the recurrent state and sliding-window cache as they are now (llama.cpp's
@@ -744,22 +749,29 @@ class Session:
         ll = self._ll
         flags = ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
         size = int(ll.llama_state_seq_get_size_ext(self._ctx, 0, flags))
-        old, self._checkpoint = self._checkpoint, None
-        # the last one's buffer when it is big enough (Granite 4.0-H-Small: 155 MB a prompt)
-        data = old[1] if old is not None and len(old[1]) >= size else (ctypes.c_uint8 * size)()
+        position = len(self._cached)
+        kept = [c for c in self._checkpoints if c[0] != position]  # one here is replaced
+        gone = [c for c in self._checkpoints if c[0] == position]
+        while len(kept) >= CHECKPOINTS:  # past CHECKPOINTS, the oldest goes
+            gone.append(kept.pop(0))
+        self._checkpoints = kept
+        # its buffer is used again when big enough (Granite 4.0-H-Small: 155 MB a prompt)
+        spare = next((c[1] for c in gone if len(c[1]) >= size), None)
+        data = spare if spare is not None else (ctypes.c_uint8 * size)()
         if int(ll.llama_state_seq_get_data_ext(self._ctx, data, size, 0, flags)) == size:
-            self._checkpoint = (len(self._cached), data, size)
+            self._checkpoints.append((position, data, size))
 
     def _restore_checkpoint(self, common: int) -> int:
-        """Put the checkpointed state back if it lies within the first
-        ``common`` tokens; the tokens the cache still holds from there on (0: none)."""
-        if self._checkpoint is None or self._checkpoint[0] > common:
+        """Put back the latest checkpointed state within the first ``common`` tokens; the
+        tokens the cache holds from then on (0: none)."""
+        usable = [c for c in self._checkpoints if c[0] <= common]
+        if not usable:
             return 0
-        position, data, size = self._checkpoint
+        position, data, size = max(usable, key=lambda c: c[0])
         ll = self._ll
         flags = ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
         if int(ll.llama_state_seq_set_data_ext(self._ctx, data, size, 0, flags)) == 0:
-            self._checkpoint = None
+            self._checkpoints = []  # the state it left is not known: start over
             return 0
         return position
 

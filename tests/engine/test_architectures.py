@@ -114,22 +114,26 @@ def test_what_cannot_go_back_goes_on_from_its_checkpoint(
     arch: str, reply_tokens: int, arch_models: dict[str, Path]
 ) -> None:
     """A Mamba or short-convolution state cannot go back a token, and gpt-oss's sliding-window
-    layers keep only their window and a batch (768 cells here), so a Regenerate or a follow-up
-    after a longer reply computed the whole conversation again. The part kept from before the
-    prompt's last token lets them compute only what is new, and reply the same."""
-    greedy = SamplingSettings.greedy(16)
+    layers keep only their window and a batch (768 cells here), so a Regenerate, a follow-up
+    or an edited last message after a longer reply computed the whole conversation again. The
+    checkpoints kept where a prompt's new tokens begin and before its last token let them
+    compute only what is new, and reply the same."""
+    greedy, long = SamplingSettings.greedy(16), SamplingSettings.greedy(reply_tokens)
     with Session(arch_models[arch], settings=LoadSettings(n_ctx=2048)) as session:
-        first = session.chat(HELLO, SamplingSettings.greedy(reply_tokens))
+        first = session.chat(HELLO, long)
         assert first.stats.generated_tokens == reply_tokens
         again = session.chat(HELLO, greedy)  # Regenerate: back to before the last token
         assert again.stats.prompt_tokens_cached == again.stats.prompt_tokens - 1
         follow = [*HELLO, {"role": "assistant", "content": again.text}]
-        follow.append({"role": "user", "content": "and then?"})
-        reply = session.chat(follow, greedy)
+        reply = session.chat([*follow, {"role": "user", "content": "and then?"}], long)
         assert reply.stats.prompt_tokens_cached >= again.stats.prompt_tokens - 1
+        assert reply.stats.generated_tokens == reply_tokens
+        edited = [*follow, {"role": "user", "content": "and after that?"}]  # Edit, Send
+        answer = session.chat(edited, greedy)
+        assert answer.stats.prompt_tokens_cached >= again.stats.prompt_tokens - 1
         session.forget()
         fresh_again = session.chat(HELLO, greedy)
         session.forget()
-        fresh = session.chat(follow, greedy)
-    assert fresh.stats.prompt_tokens_cached == 0
-    assert (again.text, reply.text) == (fresh_again.text, fresh.text)
+        fresh_answer = session.chat(edited, greedy)
+    assert fresh_answer.stats.prompt_tokens_cached == 0
+    assert (again.text, answer.text) == (fresh_again.text, fresh_answer.text)
