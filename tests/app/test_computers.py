@@ -16,6 +16,7 @@ from app.settings_dialog import SettingsDialog
 from engine.computers import RAM_LIMIT_KEY, Computer, load_computers, save_computers
 from engine.gguf_file import read_gguf
 from engine.planner import ModelShape, Settings, ram_for_layers
+from engine.session import SamplingSettings
 from engine.store import Store
 from tests.helpers.rpc_server import Worker, start_worker, stop_worker
 from tests.helpers.windows import TIMEOUT_MS, close, open_manager
@@ -130,8 +131,12 @@ def test_a_worker_killed_mid_reply_keeps_the_reply_and_offers_this_computer_alon
             worker.process.send_signal(signal.SIGKILL)
 
     window.piece_shown.connect(on_piece)
+    # Greedy, this reply runs to the limit (600 tokens), so it cannot end before the worker
+    # dies under it; "Count from one to two hundred" ended after ~15-30 tokens here, at times
+    # before the shown pieces caught up with the engine.
+    window.sampling = SamplingSettings.greedy(600)
     with qtbot.waitSignal(window.model_failed, timeout=TIMEOUT_MS) as failed:
-        window.input.setPlainText("Count from one to two hundred in words.")
+        window.input.setPlainText("Write a long story about a lighthouse keeper and the sea.")
         window.send()
     assert f"The computer at {worker.endpoint} stopped answering" in failed.args[0]
     assert window.error_banner.isVisible()

@@ -109,8 +109,8 @@ def test_a_worker_killed_mid_reply_ends_the_reply_with_a_message_and_keeps_it(
         host.add_listener(lambda e: crashes.append(e) if isinstance(e, EngineCrashed) else None)
         host.load(upcycled_moe, N_CTX, tuple(w.endpoint for w in started), ram_limit=here)
         host.wait_loaded(120)
-        request = ChatRequest(
-            (ChatMessage("user", "Count from one to two hundred in words."),),
+        request = ChatRequest(  # greedy, it runs to the limit: it cannot end before the kill
+            (ChatMessage("user", "Write a long story about a lighthouse keeper and the sea."),),
             SamplingSettings.greedy(400),
         )
         pieces: list[str] = []
