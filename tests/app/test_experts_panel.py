@@ -8,7 +8,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from PySide6.QtCore import QObject, QThreadPool, Slot
+from PySide6.QtCore import QObject, Qt, QThreadPool, Slot
 from PySide6.QtWidgets import QMessageBox
 from pytest import MonkeyPatch
 from pytestqt.qtbot import QtBot
@@ -257,7 +257,7 @@ def test_a_copy_written_during_a_reply_loads_when_the_reply_ends(
     """Chatting goes on while the copy is written: the reply in progress is not cut off."""
     window, panel, _source = _counted_copy(qtbot, synthetic_model, tmp_path)
     monkeypatch.setattr(QMessageBox, "question", lambda *_a: QMessageBox.Yes)
-    window.sampling = SamplingSettings.greedy(200)
+    window.sampling = SamplingSettings.greedy(1500)  # ~0.5 s: far longer than the GUI lags
     pid = window.host.pid
     events: list[str] = []
     window.reply_done.connect(lambda stats: events.append(f"reply {stats['stop_reason']}"))
@@ -273,21 +273,23 @@ def test_a_copy_written_during_a_reply_loads_when_the_reply_ends(
             os.kill(pid, signal.SIGCONT)
 
     window.piece_shown.connect(on_piece)
+    qtbot.mouseClick(window.new_button, Qt.MouseButton.LeftButton)  # a short prompt: room
     with qtbot.waitSignal(window.reply_done, timeout=LOAD_TIMEOUT_MS):
         type_and_send(qtbot, window, "tell me about experts")
     assert panel.tune_status.text() == "Wrote mine.by-heat.gguf; it loads when this reply ends."
     qtbot.waitUntil(lambda: len(events) == 2, timeout=LOAD_TIMEOUT_MS)
     assert events == ["reply length", "ready mine.by-heat.gguf"]
     [*_, last] = window.store.messages(window.conversation_id)
-    assert last.complete and last.stats["generated_tokens"] == 200
+    assert last.complete and last.stats["generated_tokens"] == 1500
     panel.close()
     close(window)
 
 
 def test_closing_the_window_stops_a_copy_being_written_and_leaves_no_part_of_it(
-    qtbot: QtBot, synthetic_model: Path, tmp_path: Path, monkeypatch: MonkeyPatch
+    qtbot: QtBot, hub_files: dict[str, Path], tmp_path: Path, monkeypatch: MonkeyPatch
 ) -> None:
-    window, panel, _source = _counted_copy(qtbot, synthetic_model, tmp_path)
+    # the fake Hub's 14 MB model: a copy that takes long enough to be closed on
+    window, panel, _source = _counted_copy(qtbot, hub_files["single"], tmp_path)
     monkeypatch.setattr(QMessageBox, "question", lambda *_a: QMessageBox.Yes)
     imported = window.library.models_dir / "imported"
     window.reorder_model()
