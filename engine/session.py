@@ -476,9 +476,10 @@ class Session:
         if self._cut is not None:
             cut_head, first, message = self._cut
             if cut_head == head and first in starts[1:] and body[first] == message:
-                tokens, text, parser = attempt(starts.index(first))
+                dropped = starts.index(first)
+                tokens, text, parser = attempt(dropped)
                 if len(tokens) <= limit:
-                    return tokens, text, starts.index(first), parser
+                    return tokens, text, dropped, parser
 
         def fewest(most: int) -> tuple[list[int], str, int, ReplyParser] | None:
             # Fewer tokens with every turn dropped: the fewest drops that leave at most
@@ -728,15 +729,19 @@ class Session:
             ll.llama_sampler_free(sampler)
 
     @functools.cached_property
+    def _sliding(self) -> bool:
+        """Whether some layers attend through a sliding window (their cache holds the window
+        and a batch, not the whole context: gpt-oss)."""
+        memory = self.info.context_memory
+        return bool(memory and memory.sliding_window and any(m.sliding for m in memory.layers))
+
+    @functools.cached_property
     def _checkpointed(self) -> bool:
         """Whether the context holds what cannot go back far: a recurrent state (not a
-        token), or sliding-window layers' cache (their window and a batch, not the whole
-        context: gpt-oss). Checkpoints keep that part as it was at points of the prompt."""
+        token) or a sliding window's cache. Checkpoints keep that part as it was at points of
+        the prompt."""
         memory = self.info.context_memory
-        if memory is None:
-            return False
-        sliding = memory.sliding_window and any(layer.sliding for layer in memory.layers)
-        return bool(memory.recurrent_layers or sliding)
+        return bool(memory and memory.recurrent_layers) or self._sliding
 
     def _cut_cache(self, keep: int) -> None:
         """The first ``keep`` tokens are all the context still holds (the caller cut it)."""
@@ -746,18 +751,15 @@ class Session:
     def _save_checkpoint(self) -> None:
         """Keep the recurrent state and sliding-window cache as they are now (llama.cpp's
         server does the same: only what cannot be cut, not full attention's cache)."""
+        position = len(self._cached)
+        if any(c[0] == position for c in self._checkpoints):
+            return  # holds this state already: the tokens before it are the same (_cut_cache)
         ll = self._ll
         flags = ll.LLAMA_STATE_SEQ_FLAGS_PARTIAL_ONLY
         size = int(ll.llama_state_seq_get_size_ext(self._ctx, 0, flags))
-        position = len(self._cached)
-        kept = [c for c in self._checkpoints if c[0] != position]  # one here is replaced
-        gone = [c for c in self._checkpoints if c[0] == position]
-        while len(kept) >= CHECKPOINTS:  # past CHECKPOINTS, the oldest goes
-            gone.append(kept.pop(0))
-        self._checkpoints = kept
-        # its buffer is used again when big enough (Granite 4.0-H-Small: 155 MB a prompt)
-        spare = next((c[1] for c in gone if len(c[1]) >= size), None)
-        data = spare if spare is not None else (ctypes.c_uint8 * size)()
+        spare = self._checkpoints.pop(0)[1] if len(self._checkpoints) >= CHECKPOINTS else None
+        # the oldest one's buffer is used again when big enough (Granite 4.0-H-Small: 155 MB)
+        data = spare if spare is not None and len(spare) >= size else (ctypes.c_uint8 * size)()
         if int(ll.llama_state_seq_get_data_ext(self._ctx, data, size, 0, flags)) == size:
             self._checkpoints.append((position, data, size))
 
@@ -783,7 +785,7 @@ class Session:
             return True
         if memory.recurrent_layers:
             return False
-        if memory.sliding_window and any(layer.sliding for layer in memory.layers):
+        if self._sliding:
             oldest = int(self._ll.llama_memory_seq_pos_min(self._memory, 0))
             return oldest <= max(0, position - memory.sliding_window)
         return True
